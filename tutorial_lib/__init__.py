@@ -1,0 +1,21 @@
+"""tutorial_lib: the tested code behind the notebooks on blind super-resolution with a
+mixture of deep networks (Wang et al., Pattern Recognition 2020).
+
+Modules follow the notebook sequence:
+
+- :mod:`tutorial_lib.kernels`       the 58 anisotropic Gaussian blur kernels and their split
+- :mod:`tutorial_lib.degradations`  blur, downsample, noise, bicubic, training patch sampler
+- :mod:`tutorial_lib.metrics`       Y channel, PSNR and SSIM as the paper's evaluation code
+- :mod:`tutorial_lib.data`          offline bundled images and the benchmark downloads
+- :mod:`tutorial_lib.elbo`          the ELBO of a discrete latent-variable model, and a 1-D toy
+- :mod:`tutorial_lib.models`        E-Net, the expert network and the batched mixture
+- :mod:`tutorial_lib.objectives`    Eq. (11) and Eq. (12) and the ablation objectives
+- :mod:`tutorial_lib.training`      budgets, training loops and checkpoints
+- :mod:`tutorial_lib.evaluation`    the paper's evaluation protocol over images x kernels
+
+Conventions used everywhere: images are float arrays in [0, 1] holding the Y channel
+(BT.601, so values lie in [16/255, 235/255] for natural images); a single image is (H, W),
+a batch is (B, 1, H, W).
+"""
+
+__version__ = "0.1.0"
