@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+from PIL import Image
+
+from tutorial_lib import degradations as D
+from tutorial_lib import kernels as K
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A real photograph as Y in [0, 1] (ships with scikit-image)."""
+    import skimage.data
+    from tutorial_lib.metrics import rgb_to_y
+    return rgb_to_y(skimage.data.astronaut()[100:230, 150:290] / 255.0)
+
+
+def test_downsample_keeps_the_documented_pixels():
+    img = np.arange(12 * 12, dtype=np.float64).reshape(12, 12)
+    # row u//2, columns u//2, u//2 + u, ... (value = 12 * row + column)
+    assert D.downsample(img, 2)[0, :3].tolist() == [12 * 1 + 1, 12 * 1 + 3, 12 * 1 + 5]
+    assert D.downsample(img, 3)[0, :3].tolist() == [12 * 1 + 1, 12 * 1 + 4, 12 * 1 + 7]
+    assert D.downsample(img, 4)[0, :3].tolist() == [12 * 2 + 2, 12 * 2 + 6, 12 * 2 + 10]
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_downsample_equals_pil_nearest(scale, photo):
+    img = D.modcrop(photo, scale).astype(np.float32)
+    pil = np.array(Image.fromarray(img, mode="F").resize(
+        (img.shape[1] // scale, img.shape[0] // scale), Image.NEAREST))
+    np.testing.assert_array_equal(D.downsample(img, scale), pil)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_equals_pil(scale, photo):
+    lr = photo[:37, :41]
+    pil = np.array(Image.fromarray(lr.astype(np.float32), mode="F").resize(
+        (41 * scale, 37 * scale), Image.BICUBIC))
+    assert np.abs(D.bicubic_upsample(lr, scale) - pil).max() < 1e-6
+    batch = torch.from_numpy(np.stack([lr, lr[::-1].copy()]))[:, None]
+    up = D.bicubic_upsample(batch, scale)
+    assert up.shape == (2, 1, 37 * scale, 41 * scale)
+    assert np.abs(up[0, 0].numpy() - pil).max() < 1e-6
+
+
+def test_blur_is_scipy_correlate_with_reflect(photo):
+    kernel = K.anisotropic_gaussian(0.75, 3.0, np.pi / 8)  # not symmetric under transpose
+    expected = scipy.ndimage.correlate(photo, kernel, mode="reflect")
+    np.testing.assert_allclose(D.blur(photo, kernel), expected, atol=1e-12)
+    out = D.blur_torch(torch.from_numpy(photo)[None, None], kernel)
+    np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=1e-12)
+
+
+def test_symmetric_pad_matches_numpy():
+    x = torch.arange(20.0).reshape(1, 1, 4, 5)
+    np.testing.assert_array_equal(D.symmetric_pad(x, 3)[0, 0].numpy(),
+                                  np.pad(x[0, 0].numpy(), 3, mode="symmetric"))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_batched_degradation_uses_one_kernel_per_image(scale, photo):
+    kernels = K.kernel_set("unseen")[:5]
+    out = D.degrade_with_kernels(photo, kernels, scale)
+    for k in range(5):
+        np.testing.assert_allclose(out[k, 0].numpy(), D.degrade(photo, kernels[k], scale),
+                                   atol=1e-12)
+
+
+def test_degrade_modcrops_and_adds_noise(photo):
+    img = photo[:31, :29]
+    kernel = K.kernel_set("seen")[0]
+    assert D.degrade(img, kernel, 3).shape == (10, 9)
+    noisy = D.degrade(img, kernel, 3, noise_sigma=0.01, rng=0)
+    assert 0.005 < np.std(noisy - D.degrade(img, kernel, 3)) < 0.02
+
+
+def test_bad_input_gets_clear_errors(photo):
+    kernel = K.kernel_set("seen")[0]
+    with pytest.raises(ValueError, match="2-D"):
+        D.degrade(np.zeros((8, 8, 3)), kernel, 2)
+    with pytest.raises(ValueError, match="float"):
+        D.degrade(np.zeros((32, 32), dtype=np.uint8), kernel, 2)
+    with pytest.raises(ValueError, match="smaller"):
+        D.degrade(np.zeros((4, 4)), kernel, 2)
+    with pytest.raises(ValueError, match="scale"):
+        D.degrade(photo, kernel, 0)
+    with pytest.raises(ValueError, match="odd"):
+        D.degrade(photo, np.ones((4, 4)) / 16, 2)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_patch_pairs_are_exact_crops_of_the_whole_image_degradation(scale, photo):
+    """The property that keeps training aligned with evaluation, borders and flips included."""
+    images = [photo, photo[5:, 9:].copy()]
+    kernels = K.kernel_set("seen")
+    sampler = D.PatchSampler(images, kernels, scale, lr_patch=8, dtype=torch.float64, seed=1)
+    batch = sampler.sample(64)
+    assert batch["lr"].shape == (64, 1, 8, 8) and batch["hr"].shape == (64, 1, 8 * scale, 8 * scale)
+    assert set(batch["op"].tolist()) == set(range(8))  # every rotation/flip is exercised
+    rows = batch["row"].tolist()
+    assert 0 in rows or max(rows) > 0  # positions vary
+    for n in range(64):
+        img = D.modcrop(images[batch["image_index"][n]], scale)
+        whole = np.ascontiguousarray(D.dihedral(img, int(batch["op"][n])))
+        lr_whole = D.degrade(whole, kernels[batch["kernel_index"][n]], scale)
+        r, c, p = int(batch["row"][n]), int(batch["col"][n]), 8
+        np.testing.assert_allclose(batch["lr"][n, 0].numpy(), lr_whole[r:r + p, c:c + p], atol=1e-12)
+        np.testing.assert_allclose(batch["hr"][n, 0].numpy(),
+                                   whole[scale * r: scale * (r + p), scale * c: scale * (c + p)],
+                                   atol=0)
+
+
+def test_patch_sampler_reaches_the_borders(photo):
+    sampler = D.PatchSampler([photo[:40, :40].copy()], K.kernel_set("seen"), 2, lr_patch=8, seed=0)
+    batch = sampler.sample(512)
+    assert batch["row"].min() == 0 and batch["row"].max() == 20 - 8
+
+
+def test_patch_sampler_is_deterministic_with_a_seed(photo):
+    a = D.PatchSampler([photo], K.kernel_set("seen"), 2, lr_patch=8, seed=3).sample(16)
+    b = D.PatchSampler([photo], K.kernel_set("seen"), 2, lr_patch=8, seed=3).sample(16)
+    assert torch.equal(a["lr"], b["lr"]) and torch.equal(a["kernel_index"], b["kernel_index"])
+
+
+def test_one_pixel_slip_is_detectable(photo):
+    """A crop off by one HR pixel is not the degradation of its HR target (what the exact
+    test above guards against)."""
+    kernel = K.kernel_set("seen")[3]
+    lr = D.degrade(photo, kernel, 2)
+    shifted = D.degrade(photo[1:, 1:], kernel, 2)
+    assert np.abs(lr[2:10, 2:10] - shifted[2:10, 2:10]).max() > 1e-3
+
+
+def test_patch_sampler_rejects_small_images():
+    with pytest.raises(ValueError, match="smaller than one HR patch"):
+        D.PatchSampler([np.zeros((20, 20))], K.kernel_set("seen"), 2, lr_patch=24)
