@@ -41,9 +41,10 @@ def test_second_moments_recover_the_covariance(lam1, lam2, theta):
                                atol=2e-3)
 
 
-def test_orientation_convention_x_is_column():
-    # θ = 0 with λ1 > λ2: the kernel is wider along columns (x) than along rows (y)
+def test_orientation_convention_first_axis_is_rows():
+    # θ = 0 with λ1 > λ2: the kernel spreads more along rows (vertically) than along columns
     kernel = K.anisotropic_gaussian(3.0, 0.75, 0.0, size=31)
+    assert kernel[:, 15].sum() > kernel[15, :].sum()
     cov = K.second_moments(kernel)
     assert cov[0, 0] > cov[1, 1]
 
@@ -88,8 +89,9 @@ def test_seen_unseen_twins_and_clean_split():
     for s, u in twins:
         assert s in seen and u in unseen
         np.testing.assert_allclose(bank[s], bank[u], atol=1e-15)
+    assert len(twins) == 3
     clean = K.kernel_indices("unseen_clean")
-    assert len(clean) == 29 - len(twins)
+    assert len(clean) == 29 - len(twins) == 26
     # no clean unseen kernel equals any seen kernel
     for u in clean:
         assert min(np.abs(bank[u] - bank[s]).max() for s in seen) > 1e-3
@@ -102,3 +104,11 @@ def test_bad_input_is_rejected_clearly():
         K.anisotropic_gaussian(-1, 1, 0)
     with pytest.raises(ValueError, match="kernel set"):
         K.kernel_set("unknown")
+
+
+def test_seen_set_has_three_internal_duplicate_pairs():
+    seen = set(K.SEEN_INDICES)
+    inside = [(i, j) for i, j in K.duplicate_pairs() if i in seen and j in seen]
+    assert len(inside) == 3
+    distinct = {K.kernel_bank()[i].round(12).tobytes() for i in seen}
+    assert len(distinct) == 26

@@ -167,12 +167,43 @@ def downsample_torch(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x[..., scale // 2::scale, scale // 2::scale]
 
 
+def blur_downsample_torch(x: torch.Tensor, kernel: np.ndarray | torch.Tensor, scale: int
+                          ) -> torch.Tensor:
+    """``downsample_torch(blur_torch(x, kernel), scale)`` computed only where it is kept:
+    one strided convolution starting at pixel ``u//2`` (``u²`` times less work).
+
+    ``x`` (B, 1, H, W) with H, W multiples of ``u``; ``kernel`` (k, k), (B, k, k), or
+    (K, k, k) with B = 1 (one image, K kernels: output (K, 1, H//u, W//u)).
+    """
+    scale = _check_scale(scale)
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected a batch (B, 1, H, W), got shape {tuple(x.shape)}")
+    if x.shape[-2] % scale or x.shape[-1] % scale:
+        raise ValueError(f"image size {x.shape[-2]}x{x.shape[-1]} is not a multiple of the "
+                         f"scale {scale}; modcrop first")
+    kernel_t = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)
+    one_image_many_kernels = x.shape[0] == 1 and kernel_t.ndim == 3
+    batch = kernel_t.shape[0] if one_image_many_kernels else x.shape[0]
+    kernel_t = kernel_t if one_image_many_kernels else _as_kernel_batch(kernel_t, batch, x)
+    if kernel_t.shape[-1] != kernel_t.shape[-2] or kernel_t.shape[-1] % 2 == 0:
+        raise ValueError(f"kernels must be square with odd sides, got {tuple(kernel_t.shape)}")
+    pad = kernel_t.shape[-1] // 2
+    padded = symmetric_pad(x, pad)[..., scale // 2:, scale // 2:]
+    if one_image_many_kernels:  # K output channels of one convolution
+        out = F.conv2d(padded, kernel_t[:, None], stride=scale)
+    else:  # one kernel per image: a grouped convolution
+        out = F.conv2d(padded.reshape(1, batch, *padded.shape[-2:]), kernel_t[:, None],
+                       stride=scale, groups=batch)
+    return out.reshape(batch, 1, *out.shape[-2:])
+
+
 def degrade_torch(hr: torch.Tensor, kernel: np.ndarray | torch.Tensor, scale: int,
                   noise_sigma: float = 0.0, generator: torch.Generator | None = None
                   ) -> torch.Tensor:
     """Batched Eq. (1): (B, 1, H, W) HR and (k, k) or (B, k, k) kernels -> (B, 1, H//u, W//u).
 
-    HR images are modcropped; everything stays on ``hr``'s device and dtype.
+    HR images are modcropped; everything stays on ``hr``'s device and dtype. With B = 1 and
+    (K, k, k) kernels, the one image is degraded by each kernel: (K, 1, H//u, W//u).
     """
     scale = _check_scale(scale)
     if hr.ndim != 4 or hr.shape[1] != 1:
@@ -180,8 +211,10 @@ def degrade_torch(hr: torch.Tensor, kernel: np.ndarray | torch.Tensor, scale: in
     if not hr.is_floating_point():
         raise ValueError(f"hr must be a float tensor in [0, 1], got dtype {hr.dtype}")
     height, width = hr.shape[-2:]
+    if height < scale or width < scale:
+        raise ValueError(f"image of size {height}x{width} is smaller than the scale {scale}")
     hr = hr[..., : height - height % scale, : width - width % scale]
-    lr = downsample_torch(blur_torch(hr, kernel), scale)
+    lr = blur_downsample_torch(hr, kernel, scale)
     if noise_sigma:
         if noise_sigma < 0:
             raise ValueError(f"noise sigma must be >= 0, got {noise_sigma}")
@@ -201,8 +234,7 @@ def degrade_with_kernels(hr: np.ndarray | torch.Tensor, kernels: np.ndarray | to
     kernels_t = torch.as_tensor(kernels, dtype=dtype, device=hr_t.device)
     if kernels_t.ndim != 3:
         raise ValueError(f"kernels must be (K, k, k), got shape {tuple(kernels_t.shape)}")
-    batch = hr_t[None, None].expand(kernels_t.shape[0], 1, *hr_t.shape)
-    return degrade_torch(batch, kernels_t, scale)
+    return degrade_torch(hr_t[None, None], kernels_t, scale)
 
 
 def bicubic_upsample(lr: np.ndarray | torch.Tensor, scale: int) -> np.ndarray | torch.Tensor:

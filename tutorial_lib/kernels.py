@@ -4,21 +4,25 @@ A kernel is ``k(z) ∝ exp(-½ zᵀ Σ⁻¹ z)`` on an odd ``size × size`` grid
 pixel, normalised to sum 1, with covariance ``Σ = R(θ) diag(λ1, λ2) R(θ)ᵀ``. The λ are
 **variances** (eigenvalues of Σ), not standard deviations.
 
-Coordinates: ``z = (x, y)`` with ``x`` the column offset and ``y`` the row offset from the
-centre, so ``θ`` turns the first eigenvector from the +column axis towards the +row axis
-(clockwise on screen, where rows grow downwards).
+Coordinates: ``z = (r, c)``, the row offset then the column offset from the centre, so
+``θ = 0`` puts the first eigenvector along the rows (vertical on screen) and ``θ`` turns it
+towards the +column axis. This is the convention under which the bank, split into the
+authors' 29 unseen kernels and the other 29, reproduces the paper's Bicubic rows for *both*
+groups: with rows and columns swapped the unseen kernels still match (the set is symmetric)
+but the complementary seen set is a different one (Set5 ×2 bicubic 28.97 dB instead of 28.94).
 
 The bank (paper Sec. 4.1): λ ∈ {0.75, 1.5, 2.25, 3.0};
 4 isotropic kernels (λ1 = λ2) + 6 pairs λ1 < λ2 × 9 orientations θ = t·π/8, t = 0 … 8.
 θ = 0 and θ = π give the same kernel, so only 52 of the 58 are distinct.
 
 The split: :data:`UNSEEN_INDICES` lists, in the authors' file order, the bank indices of the
-29 unseen (test) kernels; the 29 seen (training) kernels are the other bank entries. Two of
-the unseen kernels (θ = 0 of the pairs (1.5, 2.25) and (1.5, 3.0)) have an exact twin
-(θ = π) among the seen ones, so "unseen" results are partly seen;
-:func:`kernel_set` ``("unseen_clean")`` drops them. The seen set also holds four exact
-duplicate pairs of its own (θ = 0 and θ = π of the pairs with λ1 = 0.75 and of (2.25, 3.0)),
-which no classifier can tell apart: see :func:`duplicate_pairs`.
+29 unseen (test) kernels; the 29 seen (training) kernels are the other bank entries. Three of
+the unseen kernels (θ = 0 of the pairs (0.75, 2.25), (1.5, 3.0) and (2.25, 3.0)) have an
+exact twin (θ = π) among the seen ones, so "unseen" results are partly seen;
+:func:`kernel_set` ``("unseen_clean")`` drops them (26 kernels left). The seen set also holds
+three exact duplicate pairs of its own (θ = 0 and θ = π of (0.75, 1.5), (0.75, 3.0) and
+(1.5, 2.25)): 29 seen classes but 26 distinct kernels, which caps the accuracy of a kernel
+classifier at 26/29 ≈ 89.7 %. See :func:`duplicate_pairs` and :func:`seen_unseen_twins`.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ KERNEL_SIZE = 11
 # Bank indices of the authors' 29 unseen kernels, in the order of their file
 # ``blindsr_kernel_test.npy`` (checked in tests against that file when it is available).
 UNSEEN_INDICES: tuple[int, ...] = (
-    28, 40, 44, 24, 41, 34, 20, 42, 1, 18, 43, 9, 52, 17, 3,
-    2, 38, 45, 29, 33, 31, 53, 37, 47, 36, 0, 32, 27, 19,
+    28, 44, 40, 24, 43, 32, 18, 42, 1, 20, 41, 11, 50, 13, 3,
+    2, 36, 47, 27, 33, 35, 49, 37, 45, 38, 0, 34, 29, 19,
 )
 
 
@@ -71,7 +75,7 @@ def _check_size(size: int) -> int:
 
 
 def covariance(lambda1: float, lambda2: float, theta: float) -> np.ndarray:
-    """Covariance ``R(θ) diag(λ1, λ2) R(θ)ᵀ`` (2, 2) in (x=column, y=row) coordinates."""
+    """Covariance ``R(θ) diag(λ1, λ2) R(θ)ᵀ`` (2, 2) in (row, column) coordinates."""
     if not (lambda1 > 0 and lambda2 > 0):
         raise ValueError(f"eigenvalues must be positive variances, got λ1={lambda1}, λ2={lambda2}")
     c, s = np.cos(theta), np.sin(theta)
@@ -89,8 +93,8 @@ def anisotropic_gaussian(lambda1: float, lambda2: float, theta: float,
     size = _check_size(size)
     inverse = np.linalg.inv(covariance(lambda1, lambda2, theta))
     offsets = np.arange(size) - size // 2
-    x, y = np.meshgrid(offsets, offsets)  # x: column offset, y: row offset
-    z = np.stack([x, y], axis=-1).astype(np.float64)
+    cols, rows = np.meshgrid(offsets, offsets)
+    z = np.stack([rows, cols], axis=-1).astype(np.float64)
     quad = np.einsum("...i,ij,...j->...", z, inverse, z)
     kernel = np.exp(-0.5 * quad)
     return kernel / kernel.sum()
@@ -141,8 +145,8 @@ def kernel_indices(name: str) -> tuple[int, ...]:
     """Bank indices of a named kernel set.
 
     ``seen``: the 29 training kernels; ``unseen``: the authors' 29 test kernels (their file
-    order); ``unseen_clean``: the unseen kernels that have no exact twin among the seen
-    ones (27); ``all``: the 58 bank kernels.
+    order); ``unseen_clean``: the 26 unseen kernels that have no exact twin among the seen
+    ones; ``all``: the 58 bank kernels.
     """
     if name == "seen":
         return SEEN_INDICES
@@ -162,7 +166,7 @@ def kernel_set(name: str, size: int = KERNEL_SIZE) -> np.ndarray:
 
 
 def second_moments(kernel: np.ndarray) -> np.ndarray:
-    """Covariance (2, 2) of a kernel seen as a distribution over (x=column, y=row) offsets.
+    """Covariance (2, 2) of a kernel seen as a distribution over (row, column) offsets.
 
     For a kernel well inside its window this recovers ``Σ`` of :func:`covariance`.
     """
@@ -170,7 +174,7 @@ def second_moments(kernel: np.ndarray) -> np.ndarray:
     if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
         raise ValueError(f"kernel must be square with odd size, got shape {kernel.shape}")
     offsets = np.arange(kernel.shape[0]) - kernel.shape[0] // 2
-    x, y = np.meshgrid(offsets, offsets)
+    y, x = np.meshgrid(offsets, offsets)  # x: row offset, y: column offset
     weights = kernel / kernel.sum()
     mean_x, mean_y = (weights * x).sum(), (weights * y).sum()
     dx, dy = x - mean_x, y - mean_y
