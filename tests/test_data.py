@@ -129,32 +129,6 @@ def test_agrees_with_skimage_rgb2ycbcr_on_a_real_photograph(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# modcrop
-# ------------------------------------------------------------------------------------------
-
-
-def test_modcrop_shapes_and_content():
-    img = np.arange(7 * 10, dtype=np.float64).reshape(7, 10)
-    for scale, shape in [(1, (7, 10)), (2, (6, 10)), (3, (6, 9)), (4, (4, 8)), (7, (7, 7))]:
-        cropped = data.modcrop(img, scale)
-        assert cropped.shape == shape
-        np.testing.assert_array_equal(cropped, img[: shape[0], : shape[1]])
-    assert data.modcrop(img, np.int64(2)).shape == (6, 10)
-
-
-@pytest.mark.parametrize(
-    "img, scale, message",
-    [
-        (np.zeros((8, 8)), 0, "scale"),
-        (np.zeros((8, 8)), 2.0, "scale"),
-        (np.zeros((8, 8)), True, "scale"),
-        (np.zeros((8, 8, 3)), 2, "2-D"),
-        (np.zeros((3, 8)), 4, "smaller than scale"),
-    ],
-)
-def test_modcrop_rejects_bad_input(img, scale, message):
-    with pytest.raises(DataError, match=message):
-        data.modcrop(img, scale)
 
 
 # ------------------------------------------------------------------------------------------

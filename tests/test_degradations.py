@@ -135,3 +135,23 @@ def test_one_pixel_slip_is_detectable(photo):
 def test_patch_sampler_rejects_small_images():
     with pytest.raises(ValueError, match="smaller than one HR patch"):
         D.PatchSampler([np.zeros((20, 20))], K.kernel_set("seen"), 2, lr_patch=24)
+
+
+def test_modcrop_shapes_and_content():
+    img = np.arange(7 * 10, dtype=np.float64).reshape(7, 10)
+    for scale, shape in [(1, (7, 10)), (2, (6, 10)), (3, (6, 9)), (4, (4, 8)), (7, (7, 7))]:
+        cropped = D.modcrop(img, scale)
+        assert cropped.shape == shape
+        np.testing.assert_array_equal(cropped, img[: shape[0], : shape[1]])
+    assert D.modcrop(img, np.int64(2)).shape == (6, 10)
+    assert D.modcrop(np.zeros((7, 10, 3)), 2).shape == (6, 10, 3)  # RGB too
+
+
+@pytest.mark.parametrize("img, scale, message", [
+    (np.zeros((8, 8)), 0, "scale"), (np.zeros((8, 8)), 2.0, "scale"),
+    (np.zeros((8, 8)), True, "scale"), (np.zeros(8), 2, "2-D"),
+    (np.zeros((3, 8)), 4, "smaller than the scale"),
+])
+def test_modcrop_rejects_bad_input(img, scale, message):
+    with pytest.raises(ValueError, match=message):
+        D.modcrop(img, scale)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tutorial_lib.degradations import modcrop  # noqa: F401  (re-exported; one implementation)
 from tutorial_lib.metrics import rgb_to_y
 
 __all__ = [
@@ -168,23 +169,6 @@ def load_image_y(path: str | os.PathLike) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise DataError(f"could not read {what}: {type(err).__name__}: {err}") from None
     return _array_to_y(array, what)
-
-
-def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
-    """Crop the bottom/right border of a (H, W) image so both sides are multiples of ``scale``.
-
-    Returns ``img[:H - H % scale, :W - W % scale]`` (a view, same dtype), the usual first step
-    before making an LR/HR pair, so the HR image is exactly ``scale`` times the LR one.
-    """
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise DataError(f"scale must be an integer >= 1, got {scale!r}")
-    img = np.asarray(img)
-    if img.ndim != 2:
-        raise DataError(f"img must be a 2-D (H, W) image, got shape {img.shape}")
-    height, width = img.shape
-    if height < scale or width < scale:
-        raise DataError(f"img of shape {img.shape} is smaller than scale={scale} in a dimension")
-    return img[: height - height % scale, : width - width % scale]
 
 
 # --------------------------------------------------------------------------------------------
