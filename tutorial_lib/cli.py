@@ -1,0 +1,175 @@
+"""Command line: ``python -m tutorial_lib {demo,evaluate,train,bench} ...``.
+
+- ``demo``: degrade a bundled photograph with a seen and an unseen kernel, restore it with
+  bicubic (and the shipped checkpoints when present), write a figure and a PSNR/SSIM table.
+- ``evaluate``: the paper's protocol over every image × kernel; ``--json`` prints one object.
+- ``train``: pre-train E-Net, train the mixture and the single-network baseline (or one
+  ablation variant) within a budget, and save checkpoints.
+- ``bench``: training throughput (batched mixture vs. a loop over experts), inference time
+  and peak memory on this machine.
+
+Errors in the input (a missing folder, an unreadable image, a checkpoint for another scale)
+end with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _scale(value: str) -> int:
+    try:
+        scale = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scale must be 2, 3 or 4, got {value!r}") from None
+    if scale not in (2, 3, 4):
+        raise argparse.ArgumentTypeError(f"scale must be 2, 3 or 4 (the paper's factors), got {scale}")
+    return scale
+
+
+def _load_images(source: str) -> dict:
+    from .data import load_images
+    return load_images(source)
+
+
+# ------------------------------------------------------------------------------ evaluate
+def _method_for(args: argparse.Namespace):
+    from .evaluation import bicubic_method, model_method
+    if args.model is None:
+        if args.method != "bicubic":
+            raise CLIError(f"--method {args.method} needs --model PATH (a trained checkpoint)")
+        return bicubic_method(args.scale), "bicubic"
+    from .checkpoints import load_checkpoint
+    model, sidecar = load_checkpoint(args.model, scale=args.scale)
+    output = {"bicubic": "fused", "model": "fused"}.get(args.method, args.method)
+    method = model_method(model, args.scale, output=output)
+    return method, f"{sidecar.get('kind', 'model')}:{Path(args.model).name}:{output}"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+    images = _load_images(args.images)
+    method, label = _method_for(args)
+    result = evaluate(images, args.scale, kernels=args.kernels, method=method,
+                      ssim_variant=args.ssim, progress=not args.json and sys.stderr.isatty())
+    summary = result.summary()
+    summary.update(method=label, images=str(args.images))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{label} on {args.images} (x{args.scale}, {args.kernels} kernels): "
+              f"PSNR {result.psnr:.2f} dB  SSIM {result.ssim:.4f}  "
+              f"({result.n_images} images x {result.n_kernels} kernels, {result.seconds:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    checkpoint_dir = None if args.no_models else Path(args.checkpoints)
+    report = run_demo(image=args.image, scale=args.scale, out_dir=Path(args.out),
+                      checkpoint_dir=checkpoint_dir)
+    print(report["table"])
+    print(f"figure: {report['figure']}")
+    print(f"table:  {report['json']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train_from_cli
+    summary = train_from_cli(scale=args.scale, budget=args.budget, data=args.data,
+                             out=Path(args.out), variant=args.variant, M=args.experts,
+                             seed=args.seed, resume=args.resume, evaluate_on=args.evaluate_on,
+                             device=args.device)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_report, run_benchmark
+    result = run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tutorial_lib",
+        description="Blind SR with a mixture of deep networks: demo, evaluation, training, benchmark.")
+    parser.add_argument("--version", action="version", version=f"tutorial_lib {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="degrade a bundled photograph and restore it")
+    demo.add_argument("--image", default="chelsea",
+                      help="a bundled test image name, or a path to an image file (default chelsea)")
+    demo.add_argument("--scale", type=_scale, default=2)
+    demo.add_argument("--out", default="demo_output", help="folder for the figure and table")
+    demo.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINT_DIR),
+                      help="folder with trained checkpoints x{scale}_mixture.pt / x{scale}_single.pt")
+    demo.add_argument("--no-models", action="store_true", help="bicubic only")
+    demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="PSNR/SSIM on Y over every image x kernel (paper protocol)")
+    ev.add_argument("--images", required=True,
+                    help="'bundled' (offline default), a benchmark (Set5, Set14, B100, T91; "
+                         "downloaded once) or a folder of images")
+    ev.add_argument("--scale", type=_scale, required=True)
+    ev.add_argument("--kernels", choices=["seen", "unseen", "unseen_clean", "all"], default="unseen")
+    ev.add_argument("--method", default="bicubic",
+                    help="bicubic; with --model: fused (Eq. 10, default), hard or average")
+    ev.add_argument("--model", default=None, help="a checkpoint (.pt) of a mixture or single network")
+    ev.add_argument("--ssim", choices=["skimage", "matlab"], default="skimage",
+                    help="SSIM variant: the paper's (scikit-image defaults) or MATLAB-style")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="pre-train E-Net and train the mixture within a budget")
+    tr.add_argument("--scale", type=_scale, required=True)
+    tr.add_argument("--budget", choices=["smoke", "cpu", "gpu"], default=None,
+                    help="default: $TUTORIAL_BUDGET, 'smoke' under CI, 'gpu' with CUDA, else 'cpu'")
+    tr.add_argument("--data", default="bundled",
+                    help="'bundled' (offline training images), T91, or a folder of images")
+    tr.add_argument("--out", required=True, help="output folder for checkpoints")
+    tr.add_argument("--variant", default="all",
+                    choices=["all", "mixture", "single", "encoder", "average", "uniform", "hard"],
+                    help="all = encoder + mixture + single (default); the others train one "
+                         "model (ablations of Table 3)")
+    tr.add_argument("--experts", type=int, default=4, help="number of experts M (default 4)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--resume", default=None, help="continue from a checkpoint")
+    tr.add_argument("--evaluate-on", default=None,
+                    help="after training, evaluate on these images (e.g. Set5 or a folder)")
+    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    tr.set_defaults(func=cmd_train)
+
+    be = sub.add_parser("bench", help="training throughput, inference time, peak memory")
+    be.add_argument("--device", default=None)
+    be.add_argument("--seconds", type=float, default=None, help="time per measurement")
+    be.add_argument("--channels", type=int, default=64, help="expert width (64 = paper)")
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, ValueError, FileNotFoundError, OSError) as error:
+        # DataError, CheckpointError and bad-input ValueErrors all land here: one clear line.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
