@@ -366,11 +366,14 @@ class PatchSampler:
         row = (rand[0] * (aug_h // self.scale - self.lr_patch + 1)).long()
         col = (rand[1] * (aug_w // self.scale - self.lr_patch + 1)).long()
         windows = self._gather_windows(image_index, op, row, col, height, width)
-        blurred = F.conv2d(windows.reshape(1, batch_size, self.window, self.window),
-                           self.kernels[kernel_index][:, None], groups=batch_size)
-        blurred = blurred.reshape(batch_size, 1, blurred.shape[-2], blurred.shape[-1])
+        # blur + downsample, computed only at the kept pixels: every LR pixel is the dot
+        # product of its k x k HR neighbourhood (a strided view, no copy) with its kernel
+        offset, size = self.scale // 2, self.kernels.shape[-1]
+        taps = windows[:, offset:, offset:].unfold(1, size, self.scale).unfold(2, size, self.scale)
+        taps = taps[:, :self.lr_patch, :self.lr_patch].reshape(batch_size, -1, size * size)
+        lr = torch.bmm(taps, self.kernels[kernel_index].reshape(batch_size, size * size, 1))
+        lr = lr.reshape(batch_size, 1, self.lr_patch, self.lr_patch)
         hr = windows[:, None, self.pad:self.window - self.pad, self.pad:self.window - self.pad]
-        lr = downsample_torch(blurred, self.scale)
         if self.noise_sigma:
             lr = lr + self.noise_sigma * torch.randn(lr.shape, generator=gen, device=dev,
                                                      dtype=lr.dtype)
@@ -380,22 +383,25 @@ class PatchSampler:
     def _gather_windows(self, image_index, op, row, col, height, width) -> torch.Tensor:
         """Padded HR windows (B, window, window) of the augmented images, by index arithmetic.
 
-        A window in augmented coordinates starts at ``u·row - pad``; each of its pixels is
-        mapped back through the inverse rotation/flip to a pixel of the padded original.
+        A window in (padded) augmented coordinates starts at ``(u·row, u·col)``. Undoing the
+        flips and the transpose maps its local pixel ``(i, j)`` to a pixel of the padded
+        original that is affine in ``(i, j)``, so each window is ``base + ci·i + cj·j`` in the
+        flat buffer: three numbers per patch, one broadcast add for the whole batch.
         """
-        a = self._local[None, :, None] + (self.scale * row)[:, None, None]  # padded aug rows
-        b = self._local[None, None, :] + (self.scale * col)[:, None, None]  # padded aug cols
-        transpose = ((op & 4) > 0)[:, None, None]
-        flip_rows = ((op & 1) > 0)[:, None, None]
-        flip_cols = ((op & 2) > 0)[:, None, None]
+        transpose, flip_rows, flip_cols = (op & 4) > 0, (op & 1) > 0, (op & 2) > 0
         pad2 = 2 * self.pad
-        aug_h = torch.where(transpose[:, 0, 0], width, height)[:, None, None] + pad2
-        aug_w = torch.where(transpose[:, 0, 0], height, width)[:, None, None] + pad2
-        # undo the flips (applied after the transpose), then the transpose
-        a = torch.where(flip_rows, aug_h - 1 - a, a)
-        b = torch.where(flip_cols, aug_w - 1 - b, b)
-        src_r = torch.where(transpose, b, a)
-        src_c = torch.where(transpose, a, b)
-        padded_w = (width + pad2)[:, None, None]
-        flat = self.offsets[image_index][:, None, None] + src_r * padded_w + src_c
+        padded_w = width + pad2
+        aug_h = torch.where(transpose, width, height) + pad2  # padded augmented size
+        aug_w = torch.where(transpose, height, width) + pad2
+        a0, b0 = self.scale * row, self.scale * col
+        a0 = torch.where(flip_rows, aug_h - 1 - a0, a0)
+        b0 = torch.where(flip_cols, aug_w - 1 - b0, b0)
+        step_a = 1 - 2 * flip_rows.long()
+        step_b = 1 - 2 * flip_cols.long()
+        offsets = self.offsets[image_index]
+        base = torch.where(transpose, offsets + b0 * padded_w + a0, offsets + a0 * padded_w + b0)
+        ci = torch.where(transpose, step_a, step_a * padded_w)
+        cj = torch.where(transpose, step_b * padded_w, step_b)
+        flat = (base[:, None, None] + ci[:, None, None] * self._local[None, :, None]
+                + cj[:, None, None] * self._local[None, None, :])
         return self.buffer[flat]

@@ -8,8 +8,10 @@ Coordinates: ``z = (r, c)``, the row offset then the column offset from the cent
 ``θ = 0`` puts the first eigenvector along the rows (vertical on screen) and ``θ`` turns it
 towards the +column axis. This is the convention under which the bank, split into the
 authors' 29 unseen kernels and the other 29, reproduces the paper's Bicubic rows for *both*
-groups: with rows and columns swapped the unseen kernels still match (the set is symmetric)
-but the complementary seen set is a different one (Set5 ×2 bicubic 28.97 dB instead of 28.94).
+groups. The whole bank is closed under transposition, so the authors' unseen kernels are
+found in it under either convention; but which bank entries they occupy changes, and through
+the θ = 0 / θ = π duplicates so does the complementary seen set (with rows and columns
+swapped, Set5 ×2 seen bicubic gives 28.97 dB instead of the paper's 28.94).
 
 The bank (paper Sec. 4.1): λ ∈ {0.75, 1.5, 2.25, 3.0};
 4 isotropic kernels (λ1 = λ2) + 6 pairs λ1 < λ2 × 9 orientations θ = t·π/8, t = 0 … 8.
