@@ -24,6 +24,7 @@ from .degradations import bicubic_upsample, degrade_with_kernels, modcrop
 from .metrics import psnr_y, ssim_y
 
 Method = Callable[[torch.Tensor], torch.Tensor]
+FUSION_OUTPUTS = ("fused", "hard", "average")
 
 
 @dataclass
@@ -67,7 +68,8 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     """Wrap a network for :func:`evaluate`.
 
     ``model(lr, base)`` must return a tensor (single network) or a dict with key ``output``
-    (``'fused'`` Eq. 10, or any other key the model provides). Runs in eval mode, without
+    (``'fused'``: Eq. 10). For a mixture, ``output='hard'`` (the expert of largest q) or
+    ``'average'`` (uniform weights) re-fuses the experts as the ablations of Table 3. Runs in eval mode, without
     gradients, in float32 on ``device`` (default: the model's), ``batch_size`` LR images at
     a time; the bicubic base is computed here and passed in.
     """
@@ -82,9 +84,12 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
         for start in range(0, lr.shape[0], batch_size):
             chunk = lr[start:start + batch_size].to(device=device, dtype=torch.float32)
             base = bicubic_upsample(chunk, scale)
-            pred = model(chunk, base)
-            if isinstance(pred, Mapping):
-                pred = pred[output]
+            if output in FUSION_OUTPUTS[1:]:  # the ablations' fusions of a mixture
+                pred = model(chunk, base, mode=output)["fused"]
+            else:
+                pred = model(chunk, base)
+                if isinstance(pred, Mapping):
+                    pred = pred[output]
             outs.append(pred.to(device="cpu", dtype=torch.float64))
         return torch.cat(outs)
     method.__name__ = getattr(model, "name", type(model).__name__)

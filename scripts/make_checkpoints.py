@@ -1,0 +1,171 @@
+"""Produce the shipped checkpoints and result files of ``data/checkpoints/``.
+
+Stages (pick with ``--stages``):
+
+- ``main``: for each scale, pre-train E-Net, train the M = 4 mixture (Eq. 12) and the
+  single-network baseline with the same budget, save ``x{u}_{encoder,mixture,single}.pt``
+  and evaluate them (bicubic beside them) on the evaluation sets.
+- ``ablations`` (×2): the variants of Table 3 trained with the mixture's budget, reusing the
+  ×2 pre-trained E-Net: ``x2_average.pt``, ``x2_uniform.pt`` (without pre-training),
+  ``x2_hard.pt`` (hard selection with training). "Hard selection" without training is the
+  mixture evaluated with ``mode='hard'``.
+- ``msweep`` (×2): PSNR against the number of experts M (Fig. 3), a shorter budget per M,
+  results only: ``x2_msweep.json``.
+- ``matrix`` (×2): Fig. 1's performance matrix — single networks each trained on one kernel,
+  evaluated on every representative kernel: ``x2_matrix.json``.
+
+Example (the shipped files were made with the ``cpu`` budget, T91 from a local folder)::
+
+    python scripts/make_checkpoints.py --data path/to/T91 --budget cpu --stages main --scales 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tutorial_lib import kernels as kernel_lib
+from tutorial_lib import training as T
+from tutorial_lib.checkpoints import _atomic_write, load_checkpoint, sidecar_path
+from tutorial_lib.data import find_local_benchmark, load_folder, load_images
+
+MATRIX_KERNELS = (  # representative seen kernels: narrow/wide, three orientations
+    ("λ=(0.75,1.5) θ=2π/8", 0.75, 1.5, 2),
+    ("λ=(0.75,3) θ=0", 0.75, 3.0, 0),
+    ("λ=(0.75,3) θ=4π/8", 0.75, 3.0, 4),
+    ("λ=(2.25,3) θ=2π/8", 2.25, 3.0, 2),
+)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    text = json.dumps(payload, indent=2) + "\n"
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="bundled-train", help="training images (load_images source)")
+    parser.add_argument("--budget", default="cpu")
+    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--stages", nargs="+", default=["main"],
+                        choices=["main", "ablations", "msweep", "matrix"])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "checkpoints"))
+    parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any)")
+    parser.add_argument("--eval-bundled", action="store_true", help="also evaluate on the bundled test images")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--msweep-seconds", type=float, default=90.0)
+    parser.add_argument("--matrix-seconds", type=float, default=90.0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = args.data
+    images = load_folder(source) if os.path.isdir(source) else load_images(source)
+    data_label = Path(source).name if os.path.isdir(source) else source
+    set5_dir = args.set5 or find_local_benchmark("Set5")
+    eval_sets = {}
+    if set5_dir:
+        eval_sets["Set5"] = load_folder(set5_dir)
+    if args.eval_bundled:
+        eval_sets["bundled-test"] = load_images("bundled-test")
+    budget = T.get_training_budget(args.budget)
+    _log(f"data={data_label} ({len(images)} images) budget={budget.name} threads={torch.get_num_threads()} "
+         f"eval={list(eval_sets)}")
+
+    if "main" in args.stages:
+        for scale in args.scales:
+            _log(f"x{scale}: encoder + mixture + single")
+            result = T.train_all(images, scale, budget, out, progress=False, eval_images=eval_sets)
+            for kind, path in result["paths"].items():
+                _set_training_data(Path(path), data_label)
+            _log(f"x{scale}: done {json.dumps(result['metrics'])}")
+
+    if "ablations" in args.stages:
+        encoder, _ = load_checkpoint(out / "x2_encoder.pt", expected_kind="encoder", scale=2)
+        for name, kwargs in (("average", {"variant": "average"}), ("uniform", {"prior": "uniform"}),
+                             ("hard", {"variant": "hard", "encoder": encoder})):
+            _log(f"x2 ablation {name}")
+            model, history = T.train_mixture(images, 2, budget, progress=False, **kwargs)
+            path = T._save(model, out / f"x2_{name}.pt", "mixture", history, budget, 0,
+                           extra={"ablation": name})
+            metrics = {s: T.evaluate_model(model, imgs, 2) for s, imgs in eval_sets.items()}
+            T._update_metrics(path, metrics)
+            _set_training_data(path, data_label)
+            _log(f"x2 ablation {name}: {json.dumps(metrics)}")
+        mixture, _ = load_checkpoint(out / "x2_mixture.pt", expected_kind="mixture", scale=2)
+        hard = {s: T.evaluate_model(mixture, imgs, 2, output="hard") for s, imgs in eval_sets.items()}
+        _write_json(out / "x2_hard_selection_eval.json", {"model": "x2_mixture.pt", "mode": "hard",
+                                                          "metrics": hard})
+        _log(f"x2 hard selection (no training): {json.dumps(hard)}")
+
+    if "msweep" in args.stages:
+        short = T.with_overrides(budget, joint_seconds=args.msweep_seconds,
+                                 pretrain_seconds=min(budget.pretrain_seconds or 60, args.msweep_seconds / 2))
+        rows = []
+        for M in (1, 2, 4, 6, 8):
+            start = time.time()
+            if M == 1:
+                model, history = T.train_single(images, 2, short, progress=False)
+            else:
+                model, history = T.train_mixture(images, 2, short, M=M, progress=False)
+            metrics = {s: T.evaluate_model(model, imgs, 2) for s, imgs in eval_sets.items()}
+            rows.append({"M": M, "steps": history.meta["steps"], "wall_time_s": round(time.time() - start, 1),
+                         "metrics": metrics})
+            _log(f"M={M}: {json.dumps(metrics)}")
+        _write_json(out / "x2_msweep.json", {"budget": short.summary(), "data": data_label, "rows": rows,
+                                             "note": "M=1 is the single network trained with the joint budget"})
+
+    if "matrix" in args.stages:
+        short = T.with_overrides(budget, joint_seconds=args.matrix_seconds)
+        test_kernels = np.stack([kernel_lib.anisotropic_gaussian(a, b, t * np.pi / 8)
+                                 for _, a, b, t in MATRIX_KERNELS])
+        names = [label for label, *_ in MATRIX_KERNELS]
+        eval_images = eval_sets.get("Set5") or load_images("bundled-test")
+        rows = []
+        for label, a, b, t in MATRIX_KERNELS:
+            kernel = kernel_lib.anisotropic_gaussian(a, b, t * np.pi / 8)[None]
+            model, history = T.train_single(images, 2, short, progress=False, kernels=kernel)
+            psnr = [_psnr_on(model, eval_images, k) for k in test_kernels]
+            rows.append({"trained_on": label, "steps": history.meta["steps"], "psnr": psnr})
+            _log(f"matrix {label}: {psnr}")
+        extra = {}
+        for key in ("x2_single", "x2_mixture"):
+            path = out / f"{key}.pt"
+            if path.exists():
+                model, _ = load_checkpoint(path, scale=2)
+                extra[key] = [_psnr_on(model, eval_images, k) for k in test_kernels]
+        extra["bicubic"] = [_psnr_on(None, eval_images, k) for k in test_kernels]
+        _write_json(out / "x2_matrix.json", {"budget": short.summary(), "data": data_label, "kernels": names,
+                                             "eval_images": "Set5" if "Set5" in eval_sets else "bundled-test",
+                                             "rows": rows, "reference": extra})
+
+
+def _psnr_on(model, images, kernel) -> float:
+    from tutorial_lib.evaluation import evaluate, model_method
+    method = "bicubic" if model is None else model_method(model, 2)
+    return round(evaluate(images, 2, kernel[None], method).psnr, 3)
+
+
+def _set_training_data(path: Path, label: str) -> None:
+    """Record the training set's name in the sidecar (the image names are there already)."""
+    side = sidecar_path(path)
+    sidecar = json.loads(side.read_text(encoding="utf-8"))
+    sidecar.setdefault("training_data", {})["source"] = label
+    text = json.dumps(sidecar, indent=2) + "\n"
+    _atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
