@@ -357,3 +357,102 @@ def plot_explorer_state(state: Mapping[str, object], title: str | None = None) -
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ------------------------------------------------------------------- training and posteriors
+def plot_histories(histories: Mapping[str, Mapping[str, Sequence]], keys: Sequence[str],
+                   titles: Mapping[str, str] | None = None, ylabels: Mapping[str, str] | None = None,
+                   x: str = "step", xlabel: str = "training step", logy: Sequence[str] = (),
+                   suptitle: str | None = None, panel_size: tuple[float, float] = (4.2, 3.2)) -> Figure:
+    """Training curves: one panel per entry of ``keys``, one line per run of ``histories``.
+
+    ``histories``: ``{run name: history}`` with a history a mapping of equally long lists
+    (a :class:`tutorial_lib.training.TrainingHistory`); a run without a key is left out of
+    that panel. ``x`` names the list used on the horizontal axis (``'step'`` or ``'time'``);
+    ``logy`` lists the keys drawn on a logarithmic axis. Colours follow the viridis map.
+    """
+    if not histories:
+        raise ValueError("plot_histories needs at least one history")
+    if not keys:
+        raise ValueError("plot_histories needs at least one key to plot")
+    titles, ylabels = dict(titles or {}), dict(ylabels or {})
+    fig, axes = plt.subplots(1, len(keys), figsize=(panel_size[0] * len(keys), panel_size[1]),
+                             layout="constrained", squeeze=False)
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(histories), 1)))
+    for ax, key in zip(axes[0], keys):
+        drawn = False
+        for colour, (name, history) in zip(colours, histories.items()):
+            if key not in history or x not in history:
+                continue
+            xs, ys = np.asarray(history[x], dtype=float), np.asarray(history[key], dtype=float)
+            if xs.shape != ys.shape:
+                raise ValueError(f"history {name!r}: {x!r} and {key!r} have different lengths")
+            ax.plot(xs, ys, color=colour, lw=1.4, label=name)
+            drawn = True
+        if key in logy:
+            ax.set_yscale("log")
+        ax.set(title=titles.get(key, key), xlabel=xlabel, ylabel=ylabels.get(key, key))
+        ax.grid(alpha=0.3)
+        if drawn and len(histories) > 1:
+            ax.legend(fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+                 title: str, xlabel: str, ylabel: str, colorbar_label: str,
+                 cmap: str = "viridis", row_colours: Sequence[str] | None = None,
+                 vmin: float | None = None, vmax: float | None = None,
+                 figsize: tuple[float, float] | None = None, fontsize: int = 7,
+                 legend: Mapping[str, str] | None = None) -> Figure:
+    """A heat map without numbers, for matrices too large to annotate (a 29×29 confusion
+    matrix, a 58×4 posterior map). ``row_colours`` colours each row's tick label (e.g.
+    seen / unseen kernels); ``legend`` = ``{label: colour}`` explains those colours."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"matrix of shape {matrix.shape} does not match {len(row_labels)} row "
+                         f"labels and {len(col_labels)} column labels")
+    if row_colours is not None and len(row_colours) != matrix.shape[0]:
+        raise ValueError(f"row_colours has {len(row_colours)} entries for {matrix.shape[0]} rows")
+    if figsize is None:
+        figsize = (min(0.28 * matrix.shape[1] + 3.5, 14.0), min(0.2 * matrix.shape[0] + 1.8, 14.0))
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(matrix.shape[1]), labels=list(col_labels), rotation=90 if matrix.shape[1] > 8 else 0,
+                  fontsize=fontsize)
+    ax.set_yticks(range(matrix.shape[0]), labels=list(row_labels), fontsize=fontsize)
+    if row_colours is not None:
+        for tick, colour in zip(ax.get_yticklabels(), row_colours):
+            tick.set_color(colour)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    if legend:
+        ax.legend(handles=[Patch(color=c, label=lab) for lab, c in legend.items()], fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.25, 1.0), frameon=False)
+    return fig
+
+
+def plot_accuracy_vs_distance(thresholds: Sequence[float], curves: Mapping[str, Sequence[float]],
+                              chance: Sequence[float] | None = None,
+                              title: str = "kernel accuracy within a distance",
+                              xlabel: str = "distance d = ||Σ_pred − Σ_true||_F (px²)") -> Figure:
+    """Fraction of cases whose predicted kernel lies within ``d`` of the true one, one line
+    per entry of ``curves`` (``{name: values per threshold}``), with an optional chance curve
+    (a uniformly random prediction) dashed."""
+    thresholds = np.asarray(thresholds, dtype=float)
+    if not curves:
+        raise ValueError("plot_accuracy_vs_distance needs at least one curve")
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(curves)))
+    for colour, (name, values) in zip(colours, curves.items()):
+        values = np.asarray(values, dtype=float)
+        if values.shape != thresholds.shape:
+            raise ValueError(f"curve {name!r} has {values.shape[0]} values for {thresholds.shape[0]} thresholds")
+        ax.plot(thresholds, values, color=colour, lw=1.8, marker="o", ms=3, label=name)
+    if chance is not None:
+        ax.plot(thresholds, np.asarray(chance, dtype=float), color="gray", ls="--", lw=1.2, label="chance")
+    ax.set(title=title, xlabel=xlabel, ylabel="fraction of cases", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
