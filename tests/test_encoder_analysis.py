@@ -4,11 +4,15 @@ accuracy within a distance, patch tiling, posteriors and the information they ca
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from tutorial_lib import encoder_analysis as A
 from tutorial_lib import kernels as K
-from tutorial_lib.models import ENet, EncoderWithClassifier, KernelClassifier, count_parameters
+from tutorial_lib.models import (
+    EncoderWithClassifier,
+    ENet,
+    KernelClassifier,
+    count_parameters,
+)
 
 
 def test_layer_table_covers_every_parameter_and_gives_enet_shapes():
