@@ -184,3 +184,100 @@ def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
 
 # Posterior explorer (a later notebook): an image and a kernel -> E-Net's q and each
 # expert's output, built the same way: a pure state function plus a thin builder.
+
+
+# --------------------------------------------------------------------- posterior explorer
+@dataclass
+class PosteriorExplorer:
+    """The posterior explorer: ``controls`` (image dropdown and λ1, λ2, θ sliders),
+    ``output`` (the figure), ``summary`` (HTML readout of q and the PSNRs), ``widget`` (the
+    user interface) and ``state``, the latest
+    :func:`tutorial_lib.posterior.posterior_explorer_state`."""
+
+    model: Any
+    images: dict[str, np.ndarray]
+    controls: dict[str, Any]
+    output: Any
+    summary: Any
+    widget: Any
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        """Current control values: ``image`` (a name) and ``lambda1``, ``lambda2``, ``theta``."""
+        return {name: control.value for name, control in self.controls.items()}
+
+    def update(self, change: Any = None, draw: bool = True) -> dict[str, Any]:
+        """Recompute the state from the controls (their callback) and redraw."""
+        from .posterior import posterior_explorer_state
+
+        values = self.values()
+        hr = self.images[values.pop("image")]
+        self.state = posterior_explorer_state(self.model, hr, **values)
+        s = self.state
+        q = " ".join(f"{v:.2f}" for v in s["q"])
+        best = s["best_expert"] + 1
+        self.summary.value = (f"<b>q(z|L)</b> = [{q}] &nbsp;|&nbsp; PSNR: bicubic {s['psnr']['bicubic']:.2f}, "
+                              f"fused {s['psnr']['fused']:.2f}, best expert {best} "
+                              f"{s['psnr'][f'expert {best}']:.2f} dB")
+        if draw:
+            self._draw()
+        return self.state
+
+    def _draw(self) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        from .posterior import plot_posterior_state
+
+        fig = plot_posterior_state(self.state)
+        self.output.clear_output(wait=True)
+        with self.output:
+            display(fig)
+        plt.close(fig)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def posterior_explorer(model: Any, images: dict[str, np.ndarray], image: str | None = None,
+                       lambda1: float = 0.75, lambda2: float = 3.0, theta: float = math.pi / 4,
+                       draw: bool = True) -> PosteriorExplorer:
+    """Pick an image (``images``: name -> HR float (H, W) in [0, 1]; crops of ~100–200 px keep
+    it responsive) and a kernel (λ1, λ2 variances in px², θ in radians); see E-Net's
+    posterior q as bars, each expert's output and the fusion with their PSNR, for the
+    mixture ``model`` (a ``BlindSR`` with an E-Net). The update logic is
+    :func:`tutorial_lib.posterior.posterior_explorer_state`; ``draw=False`` builds the
+    interface without figures (tests). Show it by making it the last expression of a cell."""
+    import ipywidgets as widgets
+
+    from .posterior import posterior_explorer_state
+
+    if not images:
+        raise ValueError("images must hold at least one image")
+    image = next(iter(images)) if image is None else image
+    if image not in images:
+        raise ValueError(f"image must be one of {list(images)}, got {image!r}")
+    posterior_explorer_state(model, images[image], lambda1, lambda2, theta)  # validates once
+    style = {"description_width": "110px"}
+    layout = widgets.Layout(width="420px")
+    common = {"continuous_update": False, "style": style, "layout": layout}
+    controls = {
+        "image": widgets.Dropdown(options=list(images), value=image, description="image",
+                                  style=style, layout=layout),
+        "lambda1": widgets.FloatSlider(value=lambda1, min=0.25, max=6.0, step=0.25,
+                                       description="λ1 (variance, px²)", **common),
+        "lambda2": widgets.FloatSlider(value=lambda2, min=0.25, max=6.0, step=0.25,
+                                       description="λ2 (variance, px²)", **common),
+        "theta": widgets.FloatSlider(value=theta, min=0.0, max=math.pi, step=math.pi / 8,
+                                     readout_format=".3f", description="θ (rad)", **common),
+    }
+    output = widgets.Output()
+    summary = widgets.HTML()
+    ui = widgets.VBox([widgets.HBox([widgets.VBox(list(controls.values())[:2]),
+                                     widgets.VBox(list(controls.values())[2:])]), summary, output])
+    explorer = PosteriorExplorer(model=model, images=dict(images), controls=controls, output=output,
+                                 summary=summary, widget=ui)
+    for control in controls.values():
+        control.observe(lambda change: explorer.update(change, draw=draw), names="value")
+    explorer.update(draw=draw)
+    return explorer
