@@ -107,3 +107,17 @@ def test_kernel_information_bounds():
     assert A.kernel_information(same)["information"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="n_images, K, M"):
         A.kernel_information(np.ones((3, 4)))
+
+
+def test_accuracy_from_probabilities_counts_twins_and_top3():
+    same = np.eye(4, dtype=bool)
+    same[0, 1] = same[1, 0] = True  # classes 0 and 1 are the same kernel
+    probs = np.zeros((1, 4, 4))
+    probs[0, 0] = [0.1, 0.6, 0.2, 0.1]  # predicts the twin: wrong top-1, right distinct, right top-3
+    probs[0, 1] = [0.0, 1.0, 0.0, 0.0]  # right
+    probs[0, 2] = [0.5, 0.3, 0.15, 0.05]  # third: top-3 only
+    probs[0, 3] = [0.4, 0.3, 0.2, 0.1]  # last: wrong everywhere
+    acc = A.accuracy_from_probabilities(probs, same)
+    assert acc == {"top1": 0.25, "top3": 0.75, "top1_distinct": 0.5}
+    with pytest.raises(ValueError, match="same"):
+        A.accuracy_from_probabilities(probs, np.eye(3, dtype=bool))

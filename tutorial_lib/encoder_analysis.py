@@ -32,6 +32,7 @@ from . import kernels as kernel_lib
 from .degradations import degrade_with_kernels, modcrop
 
 __all__ = [
+    "accuracy_from_probabilities",
     "accuracy_within_distance",
     "entropy",
     "kernel_distance",
@@ -222,3 +223,30 @@ def kernel_information(q: np.ndarray) -> dict[str, float]:
     information = float(entropy(marginal) - entropy(per_kernel).mean())
     return {"mean_entropy": float(entropy(q).mean()), "marginal_entropy": float(entropy(marginal)),
             "information": max(information, 0.0), "max_information": float(np.log(q.shape[2]))}
+
+
+def accuracy_from_probabilities(probabilities: np.ndarray | torch.Tensor, same: np.ndarray) -> dict[str, float]:
+    """Top-1, top-3 and duplicate-aware top-1 of kernel predictions.
+
+    Args:
+        probabilities: (n_images, K, K) class probabilities (or logits: only their order
+            counts); ``[i, k]`` is the prediction for image ``i`` degraded by kernel ``k``.
+        same: (K, K) bool, ``True`` where two classes are the same kernel (e.g.
+            ``kernel_distance(indices) == 0``).
+
+    Returns ``{"top1", "top3", "top1_distinct"}`` as fractions of the ``n_images × K`` cases
+    (``top1_distinct`` also counts a prediction of an identical twin kernel as correct).
+    """
+    p = torch.as_tensor(np.asarray(probabilities, dtype=np.float64))
+    if p.ndim != 3 or p.shape[1] != p.shape[2]:
+        raise ValueError(f"probabilities must have shape (n_images, K, K), got {tuple(p.shape)}")
+    same = np.asarray(same, dtype=bool)
+    if same.shape != tuple(p.shape[1:]):
+        raise ValueError(f"same must have shape {tuple(p.shape[1:])}, got {same.shape}")
+    k = p.shape[1]
+    target = torch.arange(k).expand(p.shape[0], k)
+    ranked = p.argsort(dim=2, descending=True)
+    top1 = (ranked[..., 0] == target).double().mean().item()
+    top3 = (ranked[..., :3] == target[..., None]).any(dim=2).double().mean().item()
+    distinct = same[target.numpy(), ranked[..., 0].numpy()].mean()
+    return {"top1": float(top1), "top3": float(top3), "top1_distinct": float(distinct)}
