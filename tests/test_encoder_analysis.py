@@ -121,3 +121,13 @@ def test_accuracy_from_probabilities_counts_twins_and_top3():
     assert acc == {"top1": 0.25, "top3": 0.75, "top1_distinct": 0.5}
     with pytest.raises(ValueError, match="same"):
         A.accuracy_from_probabilities(probs, np.eye(3, dtype=bool))
+
+
+def test_confusion_from_probabilities_counts_argmax_per_true_kernel():
+    probs = np.zeros((2, 3, 3))
+    probs[:, 0, 0] = 1.0
+    probs[0, 1, 2] = probs[1, 1, 1] = 1.0
+    probs[:, 2, 0] = 1.0
+    confusion = A.confusion_from_probabilities(probs)
+    assert confusion.tolist() == [[2, 0, 0], [0, 1, 1], [2, 0, 0]]
+    assert confusion.sum() == 6

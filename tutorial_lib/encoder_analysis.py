@@ -34,6 +34,7 @@ from .degradations import degrade_with_kernels, modcrop
 __all__ = [
     "accuracy_from_probabilities",
     "accuracy_within_distance",
+    "confusion_from_probabilities",
     "entropy",
     "kernel_distance",
     "kernel_information",
@@ -250,3 +251,15 @@ def accuracy_from_probabilities(probabilities: np.ndarray | torch.Tensor, same: 
     top3 = (ranked[..., :3] == target[..., None]).any(dim=2).double().mean().item()
     distinct = same[target.numpy(), ranked[..., 0].numpy()].mean()
     return {"top1": float(top1), "top3": float(top3), "top1_distinct": float(distinct)}
+
+
+def confusion_from_probabilities(probabilities: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(K, K) int64 counts of the arg-max predictions of (n_images, K, K) class
+    probabilities: row = true kernel ``k`` (the middle axis), column = predicted class."""
+    p = np.asarray(probabilities)
+    if p.ndim != 3 or p.shape[1] != p.shape[2]:
+        raise ValueError(f"probabilities must have shape (n_images, K, K), got {p.shape}")
+    k = p.shape[1]
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (np.broadcast_to(np.arange(k), p.shape[:2]).ravel(), p.argmax(axis=2).ravel()), 1)
+    return confusion
