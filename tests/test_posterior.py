@@ -10,7 +10,14 @@ from tutorial_lib import kernels as K
 from tutorial_lib import posterior as P
 from tutorial_lib.degradations import bicubic_upsample, degrade
 from tutorial_lib.metrics import psnr_y
-from tutorial_lib.models import BlindSR, ENet, EncoderWithClassifier, Expert, KernelClassifier, MixtureOfExperts
+from tutorial_lib.models import (
+    BlindSR,
+    EncoderWithClassifier,
+    ENet,
+    Expert,
+    KernelClassifier,
+    MixtureOfExperts,
+)
 
 
 @pytest.fixture(scope="module")

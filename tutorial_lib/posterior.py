@@ -123,11 +123,11 @@ def image_crops(images: Mapping[str, np.ndarray], side: int, per_image: int, sca
         h, w = img.shape
         for j in range(per_image):
             frac = (j + 0.5) / per_image
-            top = int(round(frac * (h - side))) // scale * scale
-            left = int(round(frac * (w - side))) // scale * scale
+            top = round(frac * (h - side)) // scale * scale
+            left = round(frac * (w - side)) // scale * scale
             # alternate the anti-diagonal for odd crops, to cover more of the image
             if j % 2 == 1:
-                left = int(round((1 - frac) * (w - side))) // scale * scale
+                left = round((1 - frac) * (w - side)) // scale * scale
             crops[f"{name}/{j}"] = img[top:top + side, left:left + side].copy()
     return crops
 
@@ -474,7 +474,7 @@ def plot_embedding(points: np.ndarray, colour: np.ndarray, colour_label: str, ti
         ax.set_ylabel(axis_labels[1], fontsize=8)
         ax.set_zlabel(axis_labels[2], fontsize=8)
         ax.tick_params(labelsize=6)
-        ax.set_title("3-D", fontsize=9)
+        ax.set_title("3-D view", fontsize=9)
         k += 1
     for i, j in views:
         ax = fig.add_subplot(1, n_panels, k)
