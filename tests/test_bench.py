@@ -1,0 +1,38 @@
+"""Tests of tutorial_lib.bench: a tiny benchmark run returns the documented keys."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tutorial_lib.bench import format_report, run_benchmark
+
+torch.set_num_threads(2)
+
+KEYS = {
+    "device", "device_name", "torch_version", "threads", "M", "scale", "lr_patch", "batch_size", "channels",
+    "n_blocks", "precision", "parameters", "batched_patches_per_s", "loop_patches_per_s", "batched_over_loop",
+    "batched_steps", "loop_steps", "inference_ms", "inference_lr_size", "inference_hr_size", "peak_memory_mb",
+    "peak_memory_kind", "wall_time_s",
+}
+
+
+def test_tiny_benchmark_returns_documented_keys():
+    result = run_benchmark(device="cpu", seconds=0.2, channels=8, n_blocks=2, batch_size=4, lr_patch=12,
+                           image_side=32, inference_runs=1)
+    assert set(result) == KEYS
+    assert result["device"] == "cpu" and result["torch_version"] == torch.__version__
+    assert result["batched_patches_per_s"] > 0 and result["loop_patches_per_s"] > 0
+    assert result["batched_over_loop"] == pytest.approx(
+        result["batched_patches_per_s"] / result["loop_patches_per_s"], rel=1e-2)
+    assert result["batched_steps"] >= 2 and result["loop_steps"] >= 2
+    assert result["inference_hr_size"] == [64, 64] and result["inference_ms"] > 0
+    assert result["peak_memory_mb"] > 0
+    assert (result["M"], result["scale"], result["channels"]) == (4, 2, 8)
+    report = format_report(result)
+    assert "batched / loop" in report and "patches/s" in report
+
+
+def test_benchmark_rejects_bad_settings():
+    with pytest.raises(ValueError, match="seconds"):
+        run_benchmark(device="cpu", seconds=0, channels=8)

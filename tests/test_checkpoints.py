@@ -1,0 +1,239 @@
+"""Tests of tutorial_lib.checkpoints: round trips, sidecars, hashes, atomic writes, clear
+errors for bad files, and resuming training."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tutorial_lib import checkpoints, training
+from tutorial_lib.checkpoints import (
+    CheckpointError,
+    file_sha256,
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state_path,
+    save_checkpoint,
+    save_optimizer_state,
+    sidecar_path,
+)
+from tutorial_lib.data import bundled_images
+from tutorial_lib.models import (
+    BlindSR,
+    EncoderWithClassifier,
+    ENet,
+    Expert,
+    KernelClassifier,
+    MixtureOfExperts,
+)
+
+torch.set_num_threads(2)
+
+SMALL = {"channels": 8, "n_blocks": 2}
+
+
+def _mixture(scale: int = 2, enet: bool = True, mode: str = "fused") -> BlindSR:
+    torch.manual_seed(0)
+    return BlindSR(ENet(4) if enet else None, MixtureOfExperts(4, scale, **SMALL), mode=mode)
+
+
+def _models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "mixture": _mixture(),
+        "single": Expert(3, **SMALL),
+        "encoder": EncoderWithClassifier(ENet(4), KernelClassifier(4, 29)),
+    }
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kind", ["mixture", "single", "encoder"])
+def test_round_trip(tmp_path, kind):
+    model = _models()[kind]
+    path = tmp_path / f"{kind}.pt"
+    meta = {"budget": "smoke", "device": "cpu", "steps": 7, "wall_time_s": 1.5,
+            "kernel_split": {"train": "seen"}, "training_data": {"images": ["astronaut"]},
+            "metrics": {"bundled": {"unseen": {"psnr": np.float64(30.1)}}}}
+    config = {"scale": 2} if kind == "encoder" else None
+    sidecar = save_checkpoint(model, path, kind=kind, config=config, metadata=meta)
+    assert path.is_file() and sidecar_path(path).is_file()
+    on_disk = json.loads(sidecar_path(path).read_text())
+    assert on_disk == sidecar
+    for key in ("kind", "architecture", "scale", "sha256", "bytes", "versions", "budget", "device", "steps",
+                "wall_time_s", "kernel_split", "training_data", "metrics"):
+        assert key in on_disk, key
+    assert on_disk["sha256"] == file_sha256(path) and on_disk["bytes"] == path.stat().st_size
+    assert set(on_disk["versions"]) >= {"torch", "numpy", "tutorial_lib"}
+    assert on_disk["metrics"]["bundled"]["unseen"]["psnr"] == 30.1  # NumPy value made JSON
+
+    loaded, side = load_checkpoint(path, expected_kind=kind)
+    assert type(loaded) is type(model) and not loaded.training
+    assert _same_weights(loaded, model)
+    assert side["steps"] == 7
+
+
+def test_round_trip_of_ablation_mixtures(tmp_path):
+    average = _mixture(enet=False, mode="average")
+    save_checkpoint(average, tmp_path / "avg.pt")
+    loaded, _ = load_checkpoint(tmp_path / "avg.pt", expected_kind="mixture", scale=2)
+    assert loaded.enet is None and loaded.mode == "average" and _same_weights(loaded, average)
+    hard = _mixture(mode="hard")
+    save_checkpoint(hard, tmp_path / "hard.pt")
+    assert load_checkpoint(tmp_path / "hard.pt")[0].mode == "hard"
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    model = _models()["single"]
+    path = tmp_path / "single.pt"
+    save_checkpoint(model, path)
+    save_checkpoint(model, path)  # overwrite in place
+    save_optimizer_state(torch.optim.Adam(model.parameters()), path, step=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["single.json", "single.opt.pt", "single.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of a temporary file
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    model = _models()["single"]
+    path = tmp_path / "single.pt"
+    save_checkpoint(model, path)
+    before = path.read_bytes(), sidecar_path(path).read_text()
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a fi")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(Expert(3, **SMALL), path)
+    assert (path.read_bytes(), sidecar_path(path).read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["single.json", "single.pt"]
+
+
+def test_tampered_file_fails_the_hash(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(_models()["single"], path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_is_reported(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(_models()["mixture"], path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+
+
+def test_corrupt_file_with_a_matching_sidecar_is_reported(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(_models()["single"], path)
+    path.write_bytes(b"not a torch file at all")
+    side = json.loads(sidecar_path(path).read_text())
+    side.update(sha256=file_sha256(path), bytes=path.stat().st_size)
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(path)
+
+
+def test_missing_files_are_reported(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    path = tmp_path / "m.pt"
+    save_checkpoint(_models()["single"], path)
+    sidecar_path(path).unlink()
+    with pytest.raises(CheckpointError, match="no sidecar"):
+        load_checkpoint(path)
+
+
+def test_kind_and_scale_mismatch_are_reported(tmp_path):
+    path = tmp_path / "x2_mixture.pt"
+    save_checkpoint(_mixture(scale=2), path)
+    with pytest.raises(CheckpointError, match="trained for ×2, requested ×3"):
+        load_checkpoint(path, scale=3)
+    with pytest.raises(CheckpointError, match="holds a 'mixture' network, expected 'single'"):
+        load_checkpoint(path, expected_kind="single")
+    assert load_checkpoint(path, expected_kind="mixture", scale=2)[1]["scale"] == 2
+    with pytest.raises(CheckpointError, match="model is a 'single' network"):
+        save_checkpoint(Expert(2, **SMALL), tmp_path / "s.pt", kind="mixture")
+    with pytest.raises(CheckpointError, match=r"'\.pt'"):
+        save_checkpoint(Expert(2, **SMALL), tmp_path / "s.pth")
+    with pytest.raises(CheckpointError, match="reserved"):
+        save_checkpoint(Expert(2, **SMALL), tmp_path / "s.pt", metadata={"sha256": "x"})
+
+
+def test_weights_that_do_not_fit_are_reported(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(Expert(2, **SMALL), path)
+    side = json.loads(sidecar_path(path).read_text())
+    side["architecture"]["channels"] = 16  # the sidecar now describes another network
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path)
+
+
+def test_optimizer_state_round_trip(tmp_path):
+    model = Expert(2, **SMALL)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "m.pt"
+    assert load_optimizer_state(path) is None
+    save_optimizer_state(optimizer, path, step=1)
+    assert optimizer_state_path(path).name == "m.opt.pt"
+    payload = load_optimizer_state(path)
+    assert payload["classes"] == ["Adam"] and payload["step"] == 1
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(payload["states"][0])
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+# ------------------------------------------------------------------------------ resume
+@pytest.fixture(scope="module")
+def tiny_images():
+    images = bundled_images("train")
+    return {name: images[name][:64, :64].copy() for name in ("coffee", "brick")}
+
+
+def test_resume_continues_the_step_count(tmp_path, tiny_images):
+    budget = training.with_overrides("smoke", joint_steps=4, pretrain_steps=3)
+    model, history = training.train_single(tiny_images, 2, budget, progress=False)
+    path = training._save(model, tmp_path / "x2_single.pt", "single", history, budget, seed=0)
+    assert json.loads(sidecar_path(path).read_text())["steps"] == 4
+    assert optimizer_state_path(path).is_file()
+    resumed, again = training.train_single(tiny_images, 2, budget, progress=False, resume_from=path)
+    assert again["step"] == [5, 6, 7, 8] and again.meta["steps"] == 8 and again.meta["start_step"] == 4
+    assert not _same_weights(resumed, model)  # it trained on
+    with pytest.raises(CheckpointError, match="trained for ×2, requested ×3"):
+        training.train_single(tiny_images, 3, budget, progress=False, resume_from=path)
+    with pytest.raises(CheckpointError, match="expected 'mixture'"):
+        training.train_mixture(tiny_images, 2, budget, variant="average", progress=False, resume_from=path)
+
+
+def test_resume_a_mixture_and_an_encoder(tmp_path, tiny_images):
+    budget = training.with_overrides("smoke", joint_steps=3, pretrain_steps=3)
+    encoder, h_pre = training.pretrain_encoder(tiny_images, 2, budget, progress=False)
+    enc_path = training._save(encoder, tmp_path / "x2_encoder.pt", "encoder", h_pre, budget, 0, config={"scale": 2})
+    _, h = training.pretrain_encoder(tiny_images, 2, budget, progress=False, resume_from=enc_path)
+    assert h["step"][0] == 4
+    mixture, h_mix = training.train_mixture(tiny_images, 2, budget, encoder=encoder, progress=False)
+    mix_path = training._save(mixture, tmp_path / "x2_mixture.pt", "mixture", h_mix, budget, 0)
+    _, h2 = training.train_mixture(tiny_images, 2, budget, encoder=encoder, progress=False, resume_from=mix_path)
+    assert h2["step"] == [4, 5, 6]
+    with pytest.raises(CheckpointError, match="cannot resume variant 'hard'"):
+        training.train_mixture(tiny_images, 2, budget, encoder=encoder, variant="hard", progress=False,
+                               resume_from=mix_path)

@@ -1,0 +1,284 @@
+"""Tests of tutorial_lib.training: budgets, schedules, every model kind end to end in the
+smoke budget, determinism, loss decrease on a fixed batch, gradient clipping, accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tutorial_lib import training
+from tutorial_lib.data import bundled_images
+from tutorial_lib.models import BlindSR, EncoderWithClassifier, ENet, Expert
+from tutorial_lib.training import (
+    BUDGETS,
+    Budget,
+    encoder_accuracy,
+    get_training_budget,
+    lr_factor,
+    pretrain_encoder,
+    train_mixture,
+    train_single,
+    with_overrides,
+)
+
+torch.set_num_threads(2)
+
+SCALE = 2
+# Short stages: the tests check wiring and properties, not quality.
+QUICK = with_overrides("smoke", pretrain_steps=12, joint_steps=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_images() -> dict[str, np.ndarray]:
+    """Three bundled training photographs, cropped to 64 x 64 (enough for 24 x 24 HR patches)."""
+    images = bundled_images("train")
+    return {name: images[name][100:164, 100:164].copy() for name in ("astronaut", "coffee", "brick")}
+
+
+@pytest.fixture(scope="module")
+def test_images() -> dict[str, np.ndarray]:
+    images = bundled_images("test")
+    return {name: images[name][100:148, 100:148].copy() for name in ("camera", "chelsea")}
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_images):
+    model, history = pretrain_encoder(tiny_images, SCALE, QUICK, progress=False)
+    return model, history
+
+
+def _comparable(history) -> dict[str, list]:
+    """History entries that do not depend on the wall clock."""
+    return {k: v for k, v in history.items() if k not in ("time", "patches_per_s")}
+
+
+# ----------------------------------------------------------------------------- budgets
+def test_budgets_are_frozen_and_named():
+    assert set(BUDGETS) == {"smoke", "cpu", "gpu"}
+    for name, budget in BUDGETS.items():
+        assert isinstance(budget, Budget) and budget.name == name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            budget.channels = 1  # type: ignore[misc]
+    # the tests run under CI=true (conftest), which selects the deterministic smoke budget
+    assert get_training_budget().name == "smoke"
+    assert get_training_budget("cpu") is BUDGETS["cpu"]
+    with pytest.raises(ValueError, match="budget must be one of"):
+        get_training_budget("laptop")
+
+
+def test_budget_profiles_fit_their_purpose():
+    smoke, cpu, gpu = BUDGETS["smoke"], BUDGETS["cpu"], BUDGETS["gpu"]
+    assert smoke.clock == "steps" and smoke.channels <= 16  # deterministic, tiny
+    # cpu: pre-training + joint training within 10 minutes
+    assert cpu.pretrain_seconds + cpu.joint_seconds <= 600
+    assert cpu.channels < 64
+    # gpu: the paper's experts
+    assert (gpu.channels, gpu.n_blocks) == (64, 7)
+    assert with_overrides("cpu", channels=24).channels == 24
+
+
+def test_lr_factor_schedules():
+    assert lr_factor(0.0, "cosine", final=0.1) == pytest.approx(1.0)
+    assert lr_factor(1.0, "cosine", final=0.1) == pytest.approx(0.1)
+    assert lr_factor(0.5, "cosine", final=0.0) == pytest.approx(0.5)
+    values = [lr_factor(p / 10, "cosine", final=0.02) for p in range(11)]
+    assert all(a >= b for a, b in itertools.pairwise(values))  # monotone decay
+    assert [lr_factor(p, "step") for p in (0.0, 0.4, 0.9, 1.0)] == pytest.approx([1.0, 0.1, 0.01, 0.01])
+    assert lr_factor(0.3, "constant") == 1.0
+    assert lr_factor(0.0, "constant", warmup=0.1) == pytest.approx(0.1)  # warm-up starts at 10 %
+    assert lr_factor(0.1, "constant", warmup=0.1) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0.5, "linear")
+
+
+# ------------------------------------------------------------------------ end to end
+def test_pretrain_encoder_returns_classifier_and_history(encoder):
+    model, history = encoder
+    assert isinstance(model, EncoderWithClassifier) and not model.training
+    assert model.classifier.K == 29 and model.enet.M == 4
+    assert history["step"] == list(range(1, QUICK.pretrain_steps + 1))  # smoke logs every step
+    for key in ("loss", "accuracy", "lr", "patches_per_s", "time", "grad_max"):
+        assert len(history[key]) == QUICK.pretrain_steps
+    assert history.meta["stopped_by"] == "steps" and history.meta["steps"] == QUICK.pretrain_steps
+    assert history["lr"][0] > history["lr"][-1]  # the schedule decays
+
+
+@pytest.mark.parametrize(
+    "kwargs, mode",
+    [({}, "fused"), ({"prior": "uniform"}, "fused"), ({"variant": "average"}, "average"), ({"variant": "hard"}, "hard")],
+    ids=["elbo", "uniform-prior", "average", "hard"],
+)
+def test_every_mixture_variant_trains(tiny_images, encoder, kwargs, mode):
+    model, history = train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], progress=False, **kwargs)
+    assert isinstance(model, BlindSR) and model.mode == mode and not model.training
+    assert (model.enet is None) == (mode == "average")
+    steps = QUICK.joint_steps
+    for key in ("step", "loss", "recon", "kl", "mse", "psnr", "lr", "usage", "q_entropy", "patches_per_s", "time"):
+        assert len(history[key]) == steps, key
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert all(len(u) == 4 and sum(u) == pytest.approx(1.0, abs=1e-5) for u in history["usage"])
+    lr = torch.rand(2, 1, 10, 10)
+    assert model(lr)["fused"].shape == (2, 1, 20, 20)
+    if kwargs.get("variant") == "hard":  # stages of hard_stage_steps alternate
+        k = QUICK.hard_stage_steps
+        assert history["stage"] == ([0.0] * k + [1.0] * k)[:steps]
+
+
+def test_pretrained_prior_and_initialisation_come_from_the_encoder(tiny_images, encoder):
+    enc = encoder[0]
+    budget = with_overrides(QUICK, joint_steps=1, enet_lr=0.0)
+    model, history = train_mixture(tiny_images, SCALE, budget, encoder=enc, progress=False)
+    for name, p in enc.enet.named_parameters():  # E-Net starts as the pre-trained one (lr 0: unchanged)
+        assert torch.equal(p, dict(model.enet.named_parameters())[name])
+    assert history["kl"][0] >= 0
+
+
+def test_train_mixture_pretrains_when_no_encoder_is_given(tiny_images):
+    budget = with_overrides(QUICK, pretrain_steps=3, joint_steps=2)
+    _, history = train_mixture(tiny_images, SCALE, budget, progress=False)
+    assert history.pretrain is not None and history.pretrain.meta["steps"] == 3
+
+
+def test_train_single_returns_expert(tiny_images):
+    model, history = train_single(tiny_images, SCALE, QUICK, progress=False)
+    assert isinstance(model, Expert) and model.channels == QUICK.channels and not model.training
+    assert len(history["loss"]) == QUICK.joint_steps
+    assert history["psnr"][0] == pytest.approx(-10 * math.log10(history["mse"][0]))
+
+
+def test_bad_arguments_are_named(tiny_images):
+    with pytest.raises(ValueError, match="variant"):
+        train_mixture(tiny_images, SCALE, QUICK, variant="soft", progress=False)
+    with pytest.raises(ValueError, match="prior"):
+        train_mixture(tiny_images, SCALE, QUICK, prior="learned", progress=False)
+    with pytest.raises(ValueError, match="at least one"):
+        train_single({}, SCALE, QUICK, progress=False)
+    with pytest.raises(ValueError, match="smaller than one HR patch"):
+        train_single([np.zeros((10, 10))], SCALE, QUICK, progress=False)
+
+
+# --------------------------------------------------------------------- determinism
+def test_same_seed_gives_identical_histories(tiny_images, encoder):
+    budget = with_overrides(QUICK, joint_steps=5)
+    runs = [train_mixture(tiny_images, SCALE, budget, encoder=encoder[0], seed=3, progress=False) for _ in range(2)]
+    assert _comparable(runs[0][1]) == _comparable(runs[1][1])
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert torch.equal(p, q)
+    other = train_mixture(tiny_images, SCALE, budget, encoder=encoder[0], seed=4, progress=False)[1]
+    assert other["loss"] != runs[0][1]["loss"]
+
+
+def test_pretraining_is_deterministic(tiny_images):
+    budget = with_overrides(QUICK, pretrain_steps=4)
+    first = pretrain_encoder(tiny_images, SCALE, budget, seed=1, progress=False)[1]
+    second = pretrain_encoder(tiny_images, SCALE, budget, seed=1, progress=False)[1]
+    assert _comparable(first) == _comparable(second)
+
+
+def test_time_budget_stops_by_the_clock(tiny_images):
+    budget = with_overrides(QUICK, clock="time", joint_steps=10_000, joint_seconds=0.3)
+    _, history = train_single(tiny_images, SCALE, budget, progress=False, log_every=1000)
+    assert history.meta["stopped_by"] == "time"
+    assert history.meta["steps"] < 10_000
+    assert history["lr"][-1] < budget.mixture_lr  # the schedule followed the clock
+
+
+# ------------------------------------------------------------- learning and clipping
+class _FixedBatch:
+    """Wraps a PatchSampler so that every call returns the first batch it drew."""
+
+    def __init__(self, sampler):
+        self.sampler, self.batch = sampler, None
+
+    def sample(self, batch_size, kernel_index=None):
+        if self.batch is None:
+            self.batch = self.sampler.sample(batch_size, kernel_index)
+        return self.batch
+
+
+@pytest.fixture
+def fixed_batches(monkeypatch):
+    real = training._sampler
+    monkeypatch.setattr(training, "_sampler", lambda *args, **kwargs: _FixedBatch(real(*args, **kwargs)))
+
+
+def test_loss_decreases_on_a_fixed_batch(tiny_images, encoder, fixed_batches):
+    budget = with_overrides(QUICK, joint_steps=30, schedule="constant")
+    _, history = train_mixture(tiny_images, SCALE, budget, encoder=encoder[0], progress=False)
+    loss = history["loss"]  # about 0.5 x after 30 steps
+    assert np.mean(loss[-5:]) < 0.75 * np.mean(loss[:5])
+    _, history = train_single(tiny_images, SCALE, budget, progress=False)
+    assert np.mean(history["loss"][-5:]) < 0.75 * np.mean(history["loss"][:5])
+
+
+def test_pretraining_loss_decreases_on_a_fixed_batch(tiny_images, fixed_batches):
+    budget = with_overrides(QUICK, pretrain_steps=25, schedule="constant")
+    _, history = pretrain_encoder(tiny_images, SCALE, budget, progress=False)
+    assert np.mean(history["loss"][-5:]) < 0.7 * np.mean(history["loss"][:5])
+
+
+def test_gradients_are_clipped_by_value(tiny_images, encoder):
+    clip = 1e-4
+    budget = with_overrides(QUICK, joint_steps=3, clip_value=clip)
+    model, history = train_mixture(tiny_images, SCALE, budget, encoder=encoder[0], progress=False)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads, "the last step's gradients are kept on the model"
+    assert max(g.abs().max().item() for g in grads) <= clip
+    assert max(history["grad_max"]) > clip  # the clip did bind
+    single, _ = train_single(tiny_images, SCALE, budget, progress=False)
+    assert max(p.grad.abs().max().item() for p in single.parameters()) <= clip
+
+
+# ---------------------------------------------------------------------- accuracy
+def test_encoder_accuracy_on_whole_images(encoder, test_images):
+    model = encoder[0]
+    acc = encoder_accuracy(model, test_images, SCALE)
+    assert acc["kind"] == "kernel" and acc["n_cases"] == 2 * 29
+    assert acc["confusion"].shape == (29, 29) and acc["confusion"].sum() == 58
+    assert (acc["confusion"].sum(axis=1) == 2).all()  # each kernel once per image
+    assert 0 <= acc["top1"] <= acc["top3"] <= 1
+    assert acc["top1"] <= acc["top1_distinct"] <= 1  # duplicate kernels count as right
+    assert not model.training
+
+    state = encoder_accuracy(model.enet, test_images, SCALE)  # a bare E-Net: M-way states
+    assert state["kind"] == "state" and state["confusion"].shape == (29, 4)
+    assert 0.5 <= state["top1"] <= 1  # with two images, the majority state covers >= half
+
+
+def test_encoder_accuracy_counts_twins_as_right():
+    """A classifier that always answers the twin of a duplicate kernel scores top1 = 0 but
+    top1_distinct = 1 on those kernels."""
+    from tutorial_lib.kernels import SEEN_INDICES, duplicate_pairs
+
+    seen = list(SEEN_INDICES)
+    pairs = [(seen.index(i), seen.index(j)) for i, j in duplicate_pairs() if i in seen and j in seen]
+    assert len(pairs) == 3
+    _, b = pairs[0]  # kernel b has a twin
+
+    class Swap(EncoderWithClassifier):
+        def forward(self, lr):  # predicts kernel b for every input
+            out = torch.zeros(lr.shape[0], 29)
+            out[:, b] = 1.0
+            return out
+
+    model = Swap(ENet(4), training.KernelClassifier(4, 29))
+    image = {"flat": np.full((48, 48), 0.5)}
+    acc = encoder_accuracy(model, image, SCALE)
+    assert acc["top1"] == pytest.approx(1 / 29)  # right only for kernel b itself
+    assert acc["top1_distinct"] == pytest.approx(2 / 29)  # and for its twin a
+
+
+def test_recalibrate_batchnorm_sets_whole_image_statistics(encoder, test_images):
+    import copy
+
+    model = copy.deepcopy(encoder[0])
+    before = model.enet.features[1].running_mean.clone()
+    training.recalibrate_batchnorm(model, test_images, SCALE)
+    after = model.enet.features[1].running_mean
+    assert not torch.equal(before, after) and not model.training
+    assert model.enet.features[1].momentum == encoder[0].enet.features[1].momentum

@@ -1,0 +1,220 @@
+"""How fast does the mixture train and run on this machine?
+
+:func:`run_benchmark` measures, for the current device:
+
+1. **Training throughput** (LR patches per second, forward + backward of a squared-error
+   loss, no optimiser step) of the ``M`` experts as one batched network
+   (:class:`~tutorial_lib.models.MixtureOfExperts`, grouped convolutions) and as a Python
+   loop over ``M`` separate experts (:class:`~tutorial_lib.models.LoopMixture`), with the
+   same weights. The two are measured *interleaved* — one step of each in turn, after a
+   warm-up step of each — so that load from other processes slows both alike, and their
+   ratio is reported.
+2. **Inference time** of the full model (E-Net + batched mixture, Eq. 10) on one
+   Set5-sized image: a ``256 x 256`` LR input to a ``512 x 512`` output at x2 (median of a
+   few runs after a warm-up).
+3. **Peak memory**: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the peak
+   resident set size of the whole process (``resource.getrusage``), which includes
+   everything the process allocated before.
+
+On a GPU both variants run under bfloat16 autocast with channels-last tensors, and every
+timing is bracketed by ``torch.cuda.synchronize``. Defaults keep a CPU run to about a
+minute: paper-size experts (64 channels, 7 blocks), batch 16, ``seconds = 15`` of timed
+steps per variant. ``python -m tutorial_lib bench --json`` prints the result.
+
+What to expect (see the module doc of :mod:`tutorial_lib.training`): on two CPU cores the
+paper-size mixture trains only some tens of patches per second, which is why the ``cpu``
+budget uses narrower, shallower experts; grouped convolutions are not faster than a loop on
+the CPU, while on a GPU one grouped pass beats ``M`` small launches.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from .config import get_device
+from .models import BlindSR, ENet, LoopMixture, MixtureOfExperts, count_parameters
+
+__all__ = ["format_report", "run_benchmark"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+    try:
+        import resource
+
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        if platform.system() == "Darwin":  # bytes on macOS
+            peak_kb /= 1024
+        return peak_kb / 1024, "process peak RSS (resource.getrusage)"
+    except ImportError:  # Windows
+        return float("nan"), "unavailable"
+
+
+def run_benchmark(
+    device: str | torch.device | None = None,
+    M: int = 4,
+    scale: int = 2,
+    lr_patch: int = 24,
+    batch_size: int | None = None,
+    seconds: float | None = None,
+    channels: int = 64,
+    n_blocks: int = 7,
+    image_side: int = 256,
+    inference_runs: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Training throughput (batched vs. loop), inference time and peak memory; see module doc.
+
+    Args:
+        device: ``'cpu'``, ``'cuda'`` or ``None`` (CUDA when available).
+        M, scale, lr_patch: mixture size, upscaling factor, LR patch side of the training batch.
+        batch_size: patches per step (default 16 on the CPU, 256 on a GPU).
+        seconds: timed seconds per variant for the throughput (default 15 on the CPU, 10 on a
+            GPU); the run stops after at least 2 timed steps per variant past this budget.
+        channels, n_blocks: expert width and depth (64, 7: the paper's experts).
+        image_side: side of the LR image for the inference timing (256 -> 512 at x2).
+
+    Returns:
+        dict with ``device``, ``device_name``, ``torch_version``, ``threads``, the settings
+        (``M``, ``scale``, ``lr_patch``, ``batch_size``, ``channels``, ``n_blocks``,
+        ``precision``), ``parameters`` (of the mixture), ``batched_patches_per_s``,
+        ``loop_patches_per_s``, ``batched_over_loop`` (their ratio), ``batched_steps``,
+        ``loop_steps``, ``inference_ms`` (per image), ``inference_lr_size``,
+        ``inference_hr_size``, ``peak_memory_mb``, ``peak_memory_kind`` and
+        ``wall_time_s``.
+    """
+    device = get_device(device)
+    cuda = device.type == "cuda"
+    batch_size = batch_size or (256 if cuda else 16)
+    seconds = (10.0 if cuda else 15.0) if seconds is None else float(seconds)
+    if seconds <= 0 or batch_size < 1:
+        raise ValueError(f"seconds and batch_size must be positive, got {seconds} and {batch_size}")
+    start = time.perf_counter()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(seed)
+    layout = torch.channels_last if cuda else torch.contiguous_format
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+
+    batched = MixtureOfExperts(M, scale, channels=channels, n_blocks=n_blocks)
+    loop = LoopMixture.from_experts(batched.to_experts())  # the same weights
+    batched.to(device, memory_format=layout)
+    loop.to(device, memory_format=layout)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    lr = torch.rand(batch_size, 1, lr_patch, lr_patch, generator=generator).to(device, memory_format=layout)
+    hr = torch.rand(batch_size, 1, scale * lr_patch, scale * lr_patch, generator=generator).to(device)
+    q = torch.full((batch_size, M), 1.0 / M, device=device)
+
+    def train_step(net: torch.nn.Module) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast():
+            fused = net(lr, q)["fused"]
+        loss = (fused.float() - hr).square().mean()
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    for net in (batched, loop):  # warm-up (allocations, cuDNN autotuning)
+        train_step(net)
+    times: dict[str, list[float]] = {"batched": [], "loop": []}
+    while True:
+        times["batched"].append(train_step(batched))
+        times["loop"].append(train_step(loop))
+        if min(sum(times["batched"]), sum(times["loop"])) >= seconds and len(times["loop"]) >= 2:
+            break
+        if max(sum(times["batched"]), sum(times["loop"])) >= 4 * seconds and len(times["loop"]) >= 2:
+            break  # one variant is far slower: do not let it stretch the run
+    batched_rate = batch_size * len(times["batched"]) / sum(times["batched"])
+    loop_rate = batch_size * len(times["loop"]) / sum(times["loop"])
+    parameters = count_parameters(batched)
+    del loop
+
+    # inference: full model on one Set5-sized image
+    model = BlindSR(ENet(M).to(device), batched).eval()
+    image = torch.rand(1, 1, image_side, image_side, generator=generator).to(device, memory_format=layout)
+    run_times = []
+    with torch.no_grad():
+        for i in range(inference_runs + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            with autocast():
+                out = model(image)["fused"]
+            _sync(device)
+            if i:  # the first run is a warm-up
+                run_times.append(time.perf_counter() - t0)
+    peak, peak_kind = _peak_memory_mb(device)
+    return {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "M": M,
+        "scale": scale,
+        "lr_patch": lr_patch,
+        "batch_size": batch_size,
+        "channels": channels,
+        "n_blocks": n_blocks,
+        "precision": "bfloat16 autocast, channels_last" if cuda else "float32",
+        "parameters": parameters,
+        "batched_patches_per_s": round(batched_rate, 2),
+        "loop_patches_per_s": round(loop_rate, 2),
+        "batched_over_loop": round(batched_rate / loop_rate, 3),
+        "batched_steps": len(times["batched"]),
+        "loop_steps": len(times["loop"]),
+        "inference_ms": round(1000 * statistics.median(run_times), 2),
+        "inference_lr_size": [image_side, image_side],
+        "inference_hr_size": list(out.shape[-2:]),
+        "peak_memory_mb": round(peak, 1),
+        "peak_memory_kind": peak_kind,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A few human-readable lines for a :func:`run_benchmark` result."""
+    lr_side, hr_size = result["inference_lr_size"], result["inference_hr_size"]
+    lines = [
+        (f"device: {result['device']} ({result['device_name']}), torch {result['torch_version']}, "
+         f"{result['threads']} threads, {result['precision']}"),
+        (f"mixture: M={result['M']} experts x{result['scale']}, {result['channels']} channels, "
+         f"{result['n_blocks']} blocks, {result['parameters']:,} parameters"),
+        (f"training, {result['lr_patch']}x{result['lr_patch']} LR patches, batch {result['batch_size']} "
+         "(forward + backward):"),
+        (f"  batched (grouped convs): {result['batched_patches_per_s']:.1f} patches/s "
+         f"({result['batched_steps']} steps)"),
+        f"  loop over experts:       {result['loop_patches_per_s']:.1f} patches/s ({result['loop_steps']} steps)",
+        f"  batched / loop:          {result['batched_over_loop']:.2f}x",
+        (f"inference, {lr_side[0]}x{lr_side[1]} -> {hr_size[0]}x{hr_size[1]}: "
+         f"{result['inference_ms']:.1f} ms per image"),
+        f"peak memory: {result['peak_memory_mb']:.1f} MiB ({result['peak_memory_kind']})",
+        f"wall time: {result['wall_time_s']:.1f} s",
+    ]
+    return "\n".join(lines)
