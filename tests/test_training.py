@@ -158,7 +158,7 @@ def test_bad_arguments_are_named(tiny_images):
         train_mixture(tiny_images, SCALE, QUICK, prior="learned", progress=False)
     with pytest.raises(ValueError, match="at least one"):
         train_single({}, SCALE, QUICK, progress=False)
-    with pytest.raises(ValueError, match="smaller than one HR patch"):
+    with pytest.raises(ValueError, match="HR patch"):
         train_single([np.zeros((10, 10))], SCALE, QUICK, progress=False)
 
 
@@ -282,3 +282,15 @@ def test_recalibrate_batchnorm_sets_whole_image_statistics(encoder, test_images)
     after = model.enet.features[1].running_mean
     assert not torch.equal(before, after) and not model.training
     assert model.enet.features[1].momentum == encoder[0].enet.features[1].momentum
+
+
+def test_evaluate_model_modes_and_bicubic(tiny_images, encoder, test_images):
+    model, _ = train_mixture(tiny_images, SCALE, with_overrides(QUICK, joint_steps=2), encoder=encoder[0],
+                             progress=False)
+    own = training.evaluate_model(model, test_images, SCALE, kernels=("unseen",))
+    fused = training.evaluate_model(model, test_images, SCALE, kernels=("unseen",), output="fused")
+    hard = training.evaluate_model(model, test_images, SCALE, kernels=("unseen",), output="hard")
+    assert own == fused and set(hard["unseen"]) == {"psnr", "ssim"}
+    assert model.mode == "fused"  # evaluating another mode leaves the model as it was
+    bicubic = training.evaluate_model("bicubic", test_images, SCALE, kernels=("seen", "unseen"), max_side=32)
+    assert set(bicubic) == {"seen", "unseen"} and 15 < bicubic["seen"]["psnr"] < 50

@@ -1006,24 +1006,46 @@ def train_single(
 # ======================================================================================
 
 
+class _WithMode(nn.Module):
+    """A BlindSR seen through one fusion mode: ``forward(lr, base)`` -> the model's outputs
+    with ``mode`` (``'fused'``, ``'hard'`` or ``'average'``) whatever ``model.mode`` is."""
+
+    def __init__(self, model: BlindSR, mode: str) -> None:
+        super().__init__()
+        self.model, self.mode = model, mode
+        self.name = f"{type(model).__name__}[{mode}]"
+
+    def forward(self, lr: torch.Tensor, base: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        return self.model(lr, base, mode=self.mode)
+
+
 def evaluate_model(
-    model: nn.Module,
+    model: nn.Module | str,
     images: Mapping[str, np.ndarray],
     scale: int,
     kernels: Sequence[str] = ("seen", "unseen"),
     max_side: int | None = None,
-    output: str = "fused",
+    output: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """PSNR/SSIM (paper protocol, :func:`tutorial_lib.evaluation.evaluate`) of a trained
     model, or of ``'bicubic'``, for each kernel group: ``{group: {"psnr", "ssim"}}``.
 
-    ``max_side`` centre-crops the images first (for quick checks; ``None`` = whole images).
+    ``output``: for a :class:`BlindSR`, the fusion mode to evaluate (``'fused'`` Eq. 10,
+    ``'hard'``, ``'average'``); ``None`` uses the model's own ``mode``. ``max_side``
+    centre-crops the images first (for quick checks; ``None`` = whole images).
     """
     from .evaluation import evaluate, model_method
 
     if max_side is not None:
         images = {n: _centre_crop(modcrop(np.asarray(img), scale), max_side, scale) for n, img in images.items()}
-    method = "bicubic" if model == "bicubic" else model_method(model, scale, output=output)
+    if isinstance(model, str):
+        if model != "bicubic":
+            raise ValueError(f"model must be a network or 'bicubic', got {model!r}")
+        method = "bicubic"
+    elif isinstance(model, BlindSR) and output is not None:
+        method = model_method(_WithMode(model, output), scale)
+    else:
+        method = model_method(model, scale)
     results = {}
     for group in kernels:
         result = evaluate(images, scale, kernels=group, method=method)
