@@ -45,5 +45,7 @@ def test_builder_errors(setup):
 
 def test_builder_draws(setup):
     model, images = setup
-    explorer = posterior_explorer(model, images, draw=True)
-    assert len(explorer.output.outputs) >= 0  # drawing ran without error
+    explorer = posterior_explorer(model, images, draw=True)  # draws the figure into the Output widget
+    assert explorer.state["fused"].shape == images["a"].shape
+    explorer.controls["lambda2"].value = 4.0  # a redraw through the callback
+    assert explorer.values()["lambda2"] == 4.0
