@@ -62,9 +62,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "checkpoints"))
     parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any)")
     parser.add_argument("--eval-bundled", action="store_true", help="also evaluate on the bundled test images")
+    parser.add_argument("--ablations", nargs="+", default=["average", "uniform", "hard"],
+                        choices=["average", "uniform", "hard"], help="which ablations to train")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--msweep-seconds", type=float, default=90.0)
     parser.add_argument("--matrix-seconds", type=float, default=90.0)
+    parser.add_argument("--sweep-eval-side", type=int, default=128,
+                        help="msweep/matrix: evaluate on centre crops of this side (whole images: 0)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,9 +97,12 @@ def main() -> None:
             _log(f"x{scale}: done {json.dumps(result['metrics'])}")
 
     if "ablations" in args.stages:
-        encoder, _ = load_checkpoint(out / "x2_encoder.pt", expected_kind="encoder", scale=2)
-        for name, kwargs in (("average", {"variant": "average"}), ("uniform", {"prior": "uniform"}),
-                             ("hard", {"variant": "hard", "encoder": encoder})):
+        variants = {"average": {"variant": "average"}, "uniform": {"prior": "uniform"}, "hard": {"variant": "hard"}}
+        if "hard" in args.ablations:
+            variants["hard"]["encoder"] = load_checkpoint(out / "x2_encoder.pt", expected_kind="encoder",
+                                                          scale=2)[0]
+        for name in args.ablations:
+            kwargs = variants[name]
             _log(f"x2 ablation {name}")
             model, history = T.train_mixture(images, 2, budget, progress=False, **kwargs)
             path = T._save(model, out / f"x2_{name}.pt", "mixture", history, budget, 0,
@@ -104,11 +111,12 @@ def main() -> None:
             T._update_metrics(path, metrics)
             _set_training_data(path, data_label)
             _log(f"x2 ablation {name}: {json.dumps(metrics)}")
-        mixture, _ = load_checkpoint(out / "x2_mixture.pt", expected_kind="mixture", scale=2)
-        hard = {s: T.evaluate_model(mixture, imgs, 2, output="hard") for s, imgs in eval_sets.items()}
-        _write_json(out / "x2_hard_selection_eval.json", {"model": "x2_mixture.pt", "mode": "hard",
-                                                          "metrics": hard})
-        _log(f"x2 hard selection (no training): {json.dumps(hard)}")
+        if "hard" in args.ablations:
+            mixture, _ = load_checkpoint(out / "x2_mixture.pt", expected_kind="mixture", scale=2)
+            hard = {s: T.evaluate_model(mixture, imgs, 2, output="hard") for s, imgs in eval_sets.items()}
+            _write_json(out / "x2_hard_selection_eval.json", {"model": "x2_mixture.pt", "mode": "hard",
+                                                              "metrics": hard})
+            _log(f"x2 hard selection (no training): {json.dumps(hard)}")
 
     if "msweep" in args.stages:
         short = T.with_overrides(budget, joint_seconds=args.msweep_seconds,
@@ -120,11 +128,13 @@ def main() -> None:
                 model, history = T.train_single(images, 2, short, progress=False)
             else:
                 model, history = T.train_mixture(images, 2, short, M=M, progress=False)
-            metrics = {s: T.evaluate_model(model, imgs, 2) for s, imgs in eval_sets.items()}
+            metrics = {s: T.evaluate_model(model, imgs, 2, max_side=args.sweep_eval_side or None)
+                       for s, imgs in eval_sets.items()}
             rows.append({"M": M, "steps": history.meta["steps"], "wall_time_s": round(time.time() - start, 1),
                          "metrics": metrics})
             _log(f"M={M}: {json.dumps(metrics)}")
         _write_json(out / "x2_msweep.json", {"budget": short.summary(), "data": data_label, "rows": rows,
+                                             "eval_crop_side": args.sweep_eval_side or None,
                                              "note": "M=1 is the single network trained with the joint budget"})
 
     if "matrix" in args.stages:
@@ -133,6 +143,8 @@ def main() -> None:
                                  for _, a, b, t in MATRIX_KERNELS])
         names = [label for label, *_ in MATRIX_KERNELS]
         eval_images = eval_sets.get("Set5") or load_images("bundled-test")
+        if args.sweep_eval_side:
+            eval_images = {k: T._centre_crop(v, args.sweep_eval_side, 2) for k, v in eval_images.items()}
         rows = []
         for label, a, b, t in MATRIX_KERNELS:
             kernel = kernel_lib.anisotropic_gaussian(a, b, t * np.pi / 8)[None]
@@ -149,6 +161,7 @@ def main() -> None:
         extra["bicubic"] = [_psnr_on(None, eval_images, k) for k in test_kernels]
         _write_json(out / "x2_matrix.json", {"budget": short.summary(), "data": data_label, "kernels": names,
                                              "eval_images": "Set5" if "Set5" in eval_sets else "bundled-test",
+                                             "eval_crop_side": args.sweep_eval_side or None,
                                              "rows": rows, "reference": extra})
 
 
