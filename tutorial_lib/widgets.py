@@ -93,8 +93,34 @@ def kernel_explorer_state(hr: np.ndarray, lambda1: float, lambda2: float, theta:
     }
 
 
+class _Explorer:
+    """What the explorers share: reading the controls, redrawing the figure of the latest
+    state into ``output``, and displaying as their ``widget``. A subclass sets ``controls``,
+    ``output``, ``widget``, ``state`` and says which figure to draw (``_figure``)."""
+
+    def values(self) -> dict[str, Any]:
+        """Current control values, as keyword arguments of the explorer's state function."""
+        return {name: control.value for name, control in self.controls.items()}
+
+    def _figure(self) -> Any:
+        raise NotImplementedError
+
+    def _draw(self) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        fig = self._figure()
+        self.output.clear_output(wait=True)
+        with self.output:
+            display(fig)
+        plt.close(fig)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
 @dataclass
-class KernelExplorer:
+class KernelExplorer(_Explorer):
     """The kernel explorer: ``controls`` (name -> slider), ``output`` (the figure),
     ``summary`` (a one-line HTML readout), ``widget`` (the whole user interface) and
     ``state``, the latest :func:`kernel_explorer_state`. Displaying the explorer in a
@@ -109,10 +135,6 @@ class KernelExplorer:
     seed: int = 0
     state: dict[str, Any] = field(default_factory=dict)
 
-    def values(self) -> dict[str, Any]:
-        """Current slider values as keyword arguments of :func:`kernel_explorer_state`."""
-        return {name: control.value for name, control in self.controls.items()}
-
     def update(self, change: Any = None, draw: bool = True) -> dict[str, Any]:
         """Recompute the state from the sliders (the sliders' callback) and redraw."""
         self.state = kernel_explorer_state(self.hr, kernel_size=self.kernel_size,
@@ -125,20 +147,9 @@ class KernelExplorer:
             self._draw()
         return self.state
 
-    def _draw(self) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-
+    def _figure(self) -> Any:
         from .plots import plot_explorer_state
-
-        fig = plot_explorer_state(self.state)
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(fig)
-        plt.close(fig)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return plot_explorer_state(self.state)
 
 
 def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
@@ -188,7 +199,7 @@ def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
 
 # --------------------------------------------------------------------- posterior explorer
 @dataclass
-class PosteriorExplorer:
+class PosteriorExplorer(_Explorer):
     """The posterior explorer: ``controls`` (image dropdown and λ1, λ2, θ sliders),
     ``output`` (the figure), ``summary`` (HTML readout of q and the PSNRs), ``widget`` (the
     user interface) and ``state``, the latest
@@ -201,10 +212,6 @@ class PosteriorExplorer:
     summary: Any
     widget: Any
     state: dict[str, Any] = field(default_factory=dict)
-
-    def values(self) -> dict[str, Any]:
-        """Current control values: ``image`` (a name) and ``lambda1``, ``lambda2``, ``theta``."""
-        return {name: control.value for name, control in self.controls.items()}
 
     def update(self, change: Any = None, draw: bool = True) -> dict[str, Any]:
         """Recompute the state from the controls (their callback) and redraw."""
@@ -223,20 +230,9 @@ class PosteriorExplorer:
             self._draw()
         return self.state
 
-    def _draw(self) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-
+    def _figure(self) -> Any:
         from .posterior import plot_posterior_state
-
-        fig = plot_posterior_state(self.state)
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(fig)
-        plt.close(fig)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        return plot_posterior_state(self.state)
 
 
 def posterior_explorer(model: Any, images: dict[str, np.ndarray], image: str | None = None,
