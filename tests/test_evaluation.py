@@ -86,3 +86,19 @@ def test_cli_demo_writes_a_figure_and_a_table(tmp_path, capsys):
     assert {r["kernel_group"] for r in table["rows"]} == {"seen", "unseen"}
     assert (tmp_path / "demo_x2.png").stat().st_size > 10_000
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_model_method_leaves_the_tf32_setting_as_it_found_it(tf32):
+    from tutorial_lib.evaluation import model_method
+    from tutorial_lib.models import Expert
+
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        method = model_method(Expert(2, channels=4, n_blocks=1), 2)
+        out = method(torch.rand(2, 1, 12, 12))
+        assert out.shape == (2, 1, 24, 24) and out.dtype == torch.float64
+        assert torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

@@ -70,8 +70,8 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     ``model(lr, base)`` must return a tensor (single network) or a dict with key ``output``
     (``'fused'``: Eq. 10). For a mixture, ``output='hard'`` (the expert of largest q) or
     ``'average'`` (uniform weights) re-fuses the experts as the ablations of Table 3. Runs in eval mode, without
-    gradients, in float32 on ``device`` (default: the model's), ``batch_size`` LR images at
-    a time; the bicubic base is computed here and passed in.
+    gradients, in float32 on ``device`` (default: the model's; on a GPU with TF32 switched
+    off), ``batch_size`` LR images at a time; the bicubic base is computed here and passed in.
     """
     if device is None:
         device = next(model.parameters()).device
@@ -80,6 +80,14 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     @torch.no_grad()
     def method(lr: torch.Tensor) -> torch.Tensor:
         model.eval()
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # full float32 convolutions on a GPU too
+        try:
+            return _run(lr)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    def _run(lr: torch.Tensor) -> torch.Tensor:
         outs = []
         for start in range(0, lr.shape[0], batch_size):
             chunk = lr[start:start + batch_size].to(device=device, dtype=torch.float32)
