@@ -36,3 +36,8 @@ def test_tiny_benchmark_returns_documented_keys():
 def test_benchmark_rejects_bad_settings():
     with pytest.raises(ValueError, match="seconds"):
         run_benchmark(device="cpu", seconds=0, channels=8)
+
+
+def test_compiled_variant_is_cuda_only():
+    with pytest.raises(ValueError, match="CUDA"):
+        run_benchmark(device="cpu", seconds=0.1, channels=8, compile=True)

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .config import get_device
+from .config import device_name, get_device
 from .models import BlindSR, ENet, LoopMixture, MixtureOfExperts, count_parameters
 
 __all__ = ["format_report", "run_benchmark"]
@@ -45,19 +45,6 @@ __all__ = ["format_report", "run_benchmark"]
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -84,8 +71,9 @@ def run_benchmark(
     channels: int = 64,
     n_blocks: int = 7,
     image_side: int = 256,
-    inference_runs: int = 3,
+    inference_runs: int | None = None,
     seed: int = 0,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Training throughput (batched vs. loop), inference time and peak memory; see module doc.
 
@@ -97,6 +85,10 @@ def run_benchmark(
             GPU); the run stops after at least 2 timed steps per variant past this budget.
         channels, n_blocks: expert width and depth (64, 7: the paper's experts).
         image_side: side of the LR image for the inference timing (256 -> 512 at x2).
+        inference_runs: timed inference runs after one warm-up (default 3 on the CPU, 20 on
+            a GPU); the median is reported.
+        compile: also time the batched mixture wrapped in ``torch.compile`` (CUDA only; the
+            compilation itself is excluded and reported as ``compile_s``).
 
     Returns:
         dict with ``device``, ``device_name``, ``torch_version``, ``threads``, the settings
@@ -110,12 +102,16 @@ def run_benchmark(
     device = get_device(device)
     cuda = device.type == "cuda"
     batch_size = batch_size or (256 if cuda else 16)
+    inference_runs = inference_runs or (20 if cuda else 3)
+    if compile and not cuda:
+        raise ValueError("compile=True is measured on CUDA only")
     seconds = (10.0 if cuda else 15.0) if seconds is None else float(seconds)
     if seconds <= 0 or batch_size < 1:
         raise ValueError(f"seconds and batch_size must be positive, got {seconds} and {batch_size}")
     start = time.perf_counter()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+        torch.backends.cudnn.benchmark = True  # as training does: pick the fastest kernels
     torch.manual_seed(seed)
     layout = torch.channels_last if cuda else torch.contiguous_format
 
@@ -156,6 +152,17 @@ def run_benchmark(
     loop_rate = batch_size * len(times["loop"]) / sum(times["loop"])
     parameters = count_parameters(batched)
     del loop
+    compiled: dict[str, Any] = {}
+    if compile:
+        runner = torch.compile(batched)
+        t0 = time.perf_counter()
+        train_step(runner)  # compiles
+        train_step(runner)
+        compiled["compile_s"] = round(time.perf_counter() - t0, 2)
+        steps = []
+        while sum(steps) < seconds or len(steps) < 2:
+            steps.append(train_step(runner))
+        compiled["compiled_patches_per_s"] = round(batch_size * len(steps) / sum(steps), 2)
 
     # inference: full model on one Set5-sized image
     model = BlindSR(ENet(M).to(device), batched).eval()
@@ -173,7 +180,7 @@ def run_benchmark(
     peak, peak_kind = _peak_memory_mb(device)
     return {
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "M": M,
@@ -189,6 +196,7 @@ def run_benchmark(
         "batched_over_loop": round(batched_rate / loop_rate, 3),
         "batched_steps": len(times["batched"]),
         "loop_steps": len(times["loop"]),
+        **compiled,
         "inference_ms": round(1000 * statistics.median(run_times), 2),
         "inference_lr_size": [image_side, image_side],
         "inference_hr_size": list(out.shape[-2:]),
@@ -212,6 +220,8 @@ def format_report(result: dict[str, Any]) -> str:
          f"({result['batched_steps']} steps)"),
         f"  loop over experts:       {result['loop_patches_per_s']:.1f} patches/s ({result['loop_steps']} steps)",
         f"  batched / loop:          {result['batched_over_loop']:.2f}x",
+        *([f"  torch.compile'd batched: {result['compiled_patches_per_s']:.1f} patches/s "
+           f"(compiled in {result['compile_s']:.0f} s)"] if "compiled_patches_per_s" in result else []),
         (f"inference, {lr_side[0]}x{lr_side[1]} -> {hr_size[0]}x{hr_size[1]}: "
          f"{result['inference_ms']:.1f} ms per image"),
         f"peak memory: {result['peak_memory_mb']:.1f} MiB ({result['peak_memory_kind']})",

@@ -14,6 +14,7 @@ Resolution order of :func:`get_budget`: an explicit argument, then the environme
 from __future__ import annotations
 
 import os
+import platform
 import random
 
 import numpy as np
@@ -49,6 +50,21 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
     return device
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    """The hardware behind ``device``: the GPU's name, or the CPU's model name."""
+    device = get_device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def seed_everything(seed: int = 0) -> None:
