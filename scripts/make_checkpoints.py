@@ -11,6 +11,12 @@ Stages (pick with ``--stages``):
   mixture evaluated with ``mode='hard'``.
 - ``msweep`` (×2): PSNR against the number of experts M (Fig. 3), a shorter budget per M,
   results only: ``x2_msweep.json``.
+- ``evaluate``: for each scale, evaluate the three checkpoints already in ``--out`` (as the
+  main stage does after training) and write their metrics into the sidecars and
+  ``x{u}_results.json``; for checkpoints trained elsewhere.
+- ``equalsteps``: for each scale, the single network trained for as many *steps* as the
+  shipped mixture (the main stage gives it the same *seconds*, in which one network makes
+  more steps than four), results only: ``x{u}_single_equal_steps.json``.
 - ``matrix`` (×2): Fig. 1's performance matrix — single networks each trained on one kernel,
   evaluated on every representative kernel: ``x2_matrix.json``.
 
@@ -58,13 +64,18 @@ def main() -> None:
     parser.add_argument("--budget", default="cpu")
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--stages", nargs="+", default=["main"],
-                        choices=["main", "ablations", "msweep", "matrix"])
+                        choices=["main", "evaluate", "equalsteps", "ablations", "msweep", "matrix"])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "checkpoints"))
-    parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any)")
+    parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any; 'none': skip)")
     parser.add_argument("--eval-bundled", action="store_true", help="also evaluate on the bundled test images")
     parser.add_argument("--ablations", nargs="+", default=["average", "uniform", "hard"],
                         choices=["average", "uniform", "hard"], help="which ablations to train")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--pretrain-seconds", type=float, default=None, help="override the budget's E-Net seconds")
+    parser.add_argument("--joint-seconds", type=float, default=None,
+                        help="override the budget's seconds for the mixture (and the single network)")
+    parser.add_argument("--note", default=None,
+                        help="a line recorded in every sidecar and result file (e.g. what shared the machine)")
     parser.add_argument("--msweep-seconds", type=float, default=90.0)
     parser.add_argument("--matrix-seconds", type=float, default=90.0)
     parser.add_argument("--sweep-eval-side", type=int, default=128,
@@ -78,13 +89,17 @@ def main() -> None:
     source = args.data
     images = load_folder(source) if os.path.isdir(source) else load_images(source)
     data_label = Path(source).name if os.path.isdir(source) else source
-    set5_dir = args.set5 or find_local_benchmark("Set5")
+    set5_dir = None if args.set5 == "none" else (args.set5 or find_local_benchmark("Set5"))
     eval_sets = {}
     if set5_dir:
         eval_sets["Set5"] = load_folder(set5_dir)
     if args.eval_bundled:
         eval_sets["bundled-test"] = load_images("bundled-test")
     budget = T.get_training_budget(args.budget)
+    overrides = {k: v for k, v in (("pretrain_seconds", args.pretrain_seconds),
+                                   ("joint_seconds", args.joint_seconds)) if v is not None}
+    if overrides:
+        budget = T.with_overrides(budget, **overrides)
     _log(f"data={data_label} ({len(images)} images) budget={budget.name} threads={torch.get_num_threads()} "
          f"eval={list(eval_sets)}")
 
@@ -93,8 +108,55 @@ def main() -> None:
             _log(f"x{scale}: encoder + mixture + single")
             result = T.train_all(images, scale, budget, out, progress=False, eval_images=eval_sets)
             for kind, path in result["paths"].items():
-                _set_training_data(Path(path), data_label)
-            _log(f"x{scale}: done {json.dumps(result['metrics'])}")
+                _set_training_data(Path(path), data_label, args.note)
+            steps = {k: h.meta["steps"] for k, h in result["histories"].items()}
+            _write_json(out / f"x{scale}_results.json", {
+                "scale": scale, "budget": budget.summary(), "data": data_label, "note": args.note,
+                "device_name": result["histories"]["mixture"].meta.get("device_name"),
+                "steps": steps, "wall_time_s": result["wall_time_s"], "metrics": result["metrics"]})
+            _log(f"x{scale}: done steps={steps} {json.dumps(result['metrics'])}")
+
+    if "evaluate" in args.stages:
+        for scale in args.scales:
+            models, sidecars = {}, {}
+            for kind in ("encoder", "mixture", "single"):
+                path = out / f"x{scale}_{kind}.pt"
+                models[kind], sidecars[kind] = load_checkpoint(path, expected_kind=kind, scale=scale)
+            _log(f"x{scale}: evaluating the checkpoints in {out}")
+            metrics = T.evaluate_trained(models["encoder"], models["mixture"], models["single"], eval_sets, scale,
+                                         max_side=budget.eval_max_side)
+            for kind in ("encoder", "mixture", "single"):
+                path = out / f"x{scale}_{kind}.pt"
+                T.update_sidecar_metrics(path, metrics[kind])
+                _set_training_data(path, data_label, args.note)
+            _write_json(out / f"x{scale}_results.json", {
+                "scale": scale, "budget": sidecars["mixture"]["budget_settings"], "data": data_label,
+                "note": args.note, "device_name": sidecars["mixture"].get("device_name"),
+                "steps": {"pretrain": sidecars["encoder"]["steps"], "mixture": sidecars["mixture"]["steps"],
+                          "single": sidecars["single"]["steps"]},
+                "wall_time_s": {"pretrain": sidecars["encoder"]["wall_time_s"],
+                                "mixture": sidecars["mixture"]["wall_time_s"],
+                                "single": sidecars["single"]["wall_time_s"]},
+                "metrics": metrics})
+            _log(f"x{scale}: {json.dumps(metrics)}")
+
+    if "equalsteps" in args.stages:
+        for scale in args.scales:
+            sidecar = json.loads(sidecar_path(out / f"x{scale}_mixture.pt").read_text(encoding="utf-8"))
+            steps = int(sidecar["steps"])
+            equal = T.with_overrides(budget, clock="steps", joint_steps=steps,
+                                     joint_seconds=max(4 * sidecar["wall_time_s"], 60.0))
+            _log(f"x{scale}: single network for the mixture's {steps} steps")
+            model, history = T.train_single(images, scale, equal, progress=False)
+            metrics = {s: T.evaluate_model(model, imgs, scale, max_side=budget.eval_max_side)
+                       for s, imgs in eval_sets.items()}
+            _write_json(out / f"x{scale}_single_equal_steps.json", {
+                "scale": scale, "budget": equal.summary(), "data": data_label, "note": args.note,
+                "device_name": history.meta.get("device_name"), "steps": history.meta["steps"],
+                "wall_time_s": round(history.meta["wall_time_s"], 2), "mixture_steps": steps,
+                "mixture_wall_time_s": sidecar["wall_time_s"], "metrics": metrics})
+            _log(f"x{scale}: single, {history.meta['steps']} steps in {history.meta['wall_time_s']:.0f} s: "
+                 f"{json.dumps(metrics)}")
 
     if "ablations" in args.stages:
         variants = {"average": {"variant": "average"}, "uniform": {"prior": "uniform"}, "hard": {"variant": "hard"}}
@@ -105,11 +167,11 @@ def main() -> None:
             kwargs = variants[name]
             _log(f"x2 ablation {name}")
             model, history = T.train_mixture(images, 2, budget, progress=False, **kwargs)
-            path = T._save(model, out / f"x2_{name}.pt", "mixture", history, budget, 0,
+            path = T.save_trained(model, out / f"x2_{name}.pt", "mixture", history, budget, 0,
                            extra={"ablation": name})
             metrics = {s: T.evaluate_model(model, imgs, 2) for s, imgs in eval_sets.items()}
-            T._update_metrics(path, metrics)
-            _set_training_data(path, data_label)
+            T.update_sidecar_metrics(path, metrics)
+            _set_training_data(path, data_label, args.note)
             _log(f"x2 ablation {name}: {json.dumps(metrics)}")
         if "hard" in args.ablations:
             mixture, _ = load_checkpoint(out / "x2_mixture.pt", expected_kind="mixture", scale=2)
@@ -171,11 +233,14 @@ def _psnr_on(model, images, kernel) -> float:
     return round(evaluate(images, 2, kernel[None], method).psnr, 3)
 
 
-def _set_training_data(path: Path, label: str) -> None:
-    """Record the training set's name in the sidecar (the image names are there already)."""
+def _set_training_data(path: Path, label: str, note: str | None = None) -> None:
+    """Record the training set's name (the image names are there already) and the run's
+    note, if any, in the sidecar."""
     side = sidecar_path(path)
     sidecar = json.loads(side.read_text(encoding="utf-8"))
     sidecar.setdefault("training_data", {})["source"] = label
+    if note:
+        sidecar["note"] = note
     text = json.dumps(sidecar, indent=2) + "\n"
     _atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

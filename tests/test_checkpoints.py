@@ -212,7 +212,7 @@ def tiny_images():
 def test_resume_continues_the_step_count(tmp_path, tiny_images):
     budget = training.with_overrides("smoke", joint_steps=4, pretrain_steps=3)
     model, history = training.train_single(tiny_images, 2, budget, progress=False)
-    path = training._save(model, tmp_path / "x2_single.pt", "single", history, budget, seed=0)
+    path = training.save_trained(model, tmp_path / "x2_single.pt", "single", history, budget, seed=0)
     assert json.loads(sidecar_path(path).read_text())["steps"] == 4
     assert optimizer_state_path(path).is_file()
     resumed, again = training.train_single(tiny_images, 2, budget, progress=False, resume_from=path)
@@ -227,11 +227,11 @@ def test_resume_continues_the_step_count(tmp_path, tiny_images):
 def test_resume_a_mixture_and_an_encoder(tmp_path, tiny_images):
     budget = training.with_overrides("smoke", joint_steps=3, pretrain_steps=3)
     encoder, h_pre = training.pretrain_encoder(tiny_images, 2, budget, progress=False)
-    enc_path = training._save(encoder, tmp_path / "x2_encoder.pt", "encoder", h_pre, budget, 0, config={"scale": 2})
+    enc_path = training.save_trained(encoder, tmp_path / "x2_encoder.pt", "encoder", h_pre, budget, 0, config={"scale": 2})
     _, h = training.pretrain_encoder(tiny_images, 2, budget, progress=False, resume_from=enc_path)
     assert h["step"][0] == 4
     mixture, h_mix = training.train_mixture(tiny_images, 2, budget, encoder=encoder, progress=False)
-    mix_path = training._save(mixture, tmp_path / "x2_mixture.pt", "mixture", h_mix, budget, 0)
+    mix_path = training.save_trained(mixture, tmp_path / "x2_mixture.pt", "mixture", h_mix, budget, 0)
     _, h2 = training.train_mixture(tiny_images, 2, budget, encoder=encoder, progress=False, resume_from=mix_path)
     assert h2["step"] == [4, 5, 6]
     with pytest.raises(CheckpointError, match="cannot resume variant 'hard'"):
