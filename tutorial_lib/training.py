@@ -54,7 +54,7 @@ budget then trains fewer steps.
 
 The ``gpu`` budget (paper-size experts, batch 64; E-Net on batches of 256): E-Net 40 s,
 mixture 150 s, single network 150 s. Measured on one NVIDIA H200 (torch 2.11, bf16, T91,
-x2): 7.8 k E-Net steps (whole-image top-1 on Set5 x 29 seen kernels 24.8 %, top-3 56.6 %),
+x2): 7.8 k E-Net steps (whole-image top-1 on Set5 x 29 seen kernels 24.8 %, top-3 56.5 %),
 13.9 k mixture steps (about 6 k patches/s with sampling, E-Net and the optimiser) and
 23.5 k single-network steps; Set5 x2 seen / unseen: mixture 35.52 / 34.75 dB, single
 network 35.39 / 34.82 dB (the same 35.39 / 34.83 dB when it trains for the mixture's
