@@ -110,10 +110,9 @@ def main() -> None:
             for kind, path in result["paths"].items():
                 _set_training_data(Path(path), data_label, args.note)
             steps = {k: h.meta["steps"] for k, h in result["histories"].items()}
-            _write_json(out / f"x{scale}_results.json", {
-                "scale": scale, "budget": budget.summary(), "data": data_label, "note": args.note,
-                "device_name": result["histories"]["mixture"].meta.get("device_name"),
-                "steps": steps, "wall_time_s": result["wall_time_s"], "metrics": result["metrics"]})
+            _write_results(out, scale, budget.summary(), data_label, args.note,
+                           result["histories"]["mixture"].meta.get("device_name"), steps, result["wall_time_s"],
+                           result["metrics"])
             _log(f"x{scale}: done steps={steps} {json.dumps(result['metrics'])}")
 
     if "evaluate" in args.stages:
@@ -129,15 +128,11 @@ def main() -> None:
                 path = out / f"x{scale}_{kind}.pt"
                 T.update_sidecar_metrics(path, metrics[kind])
                 _set_training_data(path, data_label, args.note)
-            _write_json(out / f"x{scale}_results.json", {
-                "scale": scale, "budget": sidecars["mixture"]["budget_settings"], "data": data_label,
-                "note": args.note, "device_name": sidecars["mixture"].get("device_name"),
-                "steps": {"pretrain": sidecars["encoder"]["steps"], "mixture": sidecars["mixture"]["steps"],
-                          "single": sidecars["single"]["steps"]},
-                "wall_time_s": {"pretrain": sidecars["encoder"]["wall_time_s"],
-                                "mixture": sidecars["mixture"]["wall_time_s"],
-                                "single": sidecars["single"]["wall_time_s"]},
-                "metrics": metrics})
+            stages = {"pretrain": "encoder", "mixture": "mixture", "single": "single"}
+            _write_results(out, scale, sidecars["mixture"]["budget_settings"], data_label, args.note,
+                           sidecars["mixture"].get("device_name"),
+                           {stage: sidecars[kind]["steps"] for stage, kind in stages.items()},
+                           {stage: sidecars[kind]["wall_time_s"] for stage, kind in stages.items()}, metrics)
             _log(f"x{scale}: {json.dumps(metrics)}")
 
     if "equalsteps" in args.stages:
@@ -225,6 +220,15 @@ def main() -> None:
                                              "eval_images": "Set5" if "Set5" in eval_sets else "bundled-test",
                                              "eval_crop_side": args.sweep_eval_side or None,
                                              "rows": rows, "reference": extra})
+
+
+def _write_results(out: Path, scale: int, budget: dict, data_label: str, note: str | None,
+                   device_name: str | None, steps: dict, wall_time_s: dict, metrics: dict) -> None:
+    """``x{scale}_results.json``: every metric of one scale (bicubic included), with its budget,
+    data, device, steps and wall times per stage."""
+    _write_json(out / f"x{scale}_results.json", {
+        "scale": scale, "budget": budget, "data": data_label, "note": note, "device_name": device_name,
+        "steps": steps, "wall_time_s": wall_time_s, "metrics": metrics})
 
 
 def _psnr_on(model, images, kernel) -> float:
