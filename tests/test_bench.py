@@ -41,3 +41,15 @@ def test_benchmark_rejects_bad_settings():
 def test_compiled_variant_is_cuda_only():
     with pytest.raises(ValueError, match="CUDA"):
         run_benchmark(device="cpu", seconds=0.1, channels=8, compile=True)
+
+
+def test_cli_bench_sweeps_batch_sizes(capsys):
+    import json
+
+    from tutorial_lib import cli
+
+    assert cli.main(["bench", "--json", "--device", "cpu", "--seconds", "0.05", "--channels", "4",
+                     "--batch-size", "2", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["batch_size"] for r in results] == [2, 3]
+    assert all(r["batched_patches_per_s"] > 0 and r["loop_patches_per_s"] > 0 for r in results)

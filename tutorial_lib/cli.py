@@ -100,9 +100,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_report, run_benchmark
-    result = run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels,
-                           batch_size=args.batch_size, compile=args.compile)
-    print(json.dumps(result) if args.json else format_report(result))
+    results = [run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels,
+                             batch_size=batch_size, compile=args.compile)
+               for batch_size in (args.batch_size or [None])]
+    if args.json:  # one object for one batch size, a list for several
+        print(json.dumps(results[0] if len(results) == 1 else results))
+    else:
+        print("\n\n".join(format_report(result) for result in results))
     return 0
 
 
@@ -160,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default=None)
     be.add_argument("--seconds", type=float, default=None, help="time per measurement")
     be.add_argument("--channels", type=int, default=64, help="expert width (64 = paper)")
-    be.add_argument("--batch-size", type=int, default=None, help="patches per step (default 16 CPU, 256 GPU)")
+    be.add_argument("--batch-size", type=int, nargs="+", default=None,
+                    help="patches per step, one or several (default 16 on a CPU, 256 on a GPU)")
     be.add_argument("--compile", action="store_true", help="also time the torch.compile'd mixture (CUDA)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
