@@ -20,9 +20,13 @@ Stages (pick with ``--stages``):
 - ``matrix`` (×2): Fig. 1's performance matrix — single networks each trained on one kernel,
   evaluated on every representative kernel: ``x2_matrix.json``.
 
-Example (the shipped files were made with the ``cpu`` budget, T91 from a local folder)::
+Examples (T91 from a local folder; README "Checkpoints" lists the exact commands of the
+shipped files): the ``gpu`` set in ``data/checkpoints/`` and the ``cpu`` study in
+``data/checkpoints/cpu/``::
 
-    python scripts/make_checkpoints.py --data path/to/T91 --budget cpu --stages main --scales 2
+    python scripts/make_checkpoints.py --data path/to/T91 --budget gpu --stages main --scales 2 --eval-bundled
+    python scripts/make_checkpoints.py --data path/to/T91 --budget cpu --out data/checkpoints/cpu \
+        --stages main ablations msweep matrix
 """
 
 from __future__ import annotations
