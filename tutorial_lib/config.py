@@ -13,6 +13,8 @@ Resolution order of :func:`get_budget`: an explicit argument, then the environme
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 import random
@@ -74,6 +76,67 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_ALLOCATOR_SETTINGS = {"M_TRIM_THRESHOLD": 1 << 30, "M_MMAP_THRESHOLD": 1 << 25}
+_allocator_state: dict[str, object] | None = None
+
+
+def tune_cpu_allocator() -> dict[str, object]:
+    """Keep freed memory inside the process so that CPU training stops page-faulting.
+
+    Each training step on the CPU allocates and frees the same activation tensors (several
+    MB each). With its default settings glibc's ``malloc`` gives the top of the heap back to
+    the kernel when a step frees them, and the next step touches that memory again page by
+    page. Measured on 2 CPU cores (30 s of ``cpu``-budget mixture training at x2, 4-5 runs
+    each): system time 3.8-7.7 s without this tuning, 0.2 s with it; steps 225-259 (mean
+    238) without, 222-289 (mean 254) with it, a gain within this machine's run-to-run
+    spread. The benchmark gains more, and its batched mixture more than the loop over
+    experts, whose tensors are four times smaller: at batch 16, batched 34-40 patches/s and
+    batched / loop 0.92-1.00 with the tuning (7 runs), 30-36 patches/s and 0.84-0.90
+    without (4 runs).
+
+    Here glibc's trim threshold is raised to 1 GiB and its mmap threshold fixed at 32 MiB
+    (both must be set: setting one turns off glibc's own adaptation of the other), so that
+    freed blocks under 32 MiB stay in the process for the next step. Peak memory grows a
+    little (``python -m tutorial_lib bench`` on the CPU: 710-890 MiB peak RSS, 763 MiB
+    without the tuning). The PyTorch performance tuning guide suggests preloading jemalloc
+    or tcmalloc for the same reason; this needs no extra library.
+
+    Applied once per process, on Linux with glibc only; set ``TUTORIAL_CPU_ALLOCATOR=default``
+    to leave ``malloc`` alone. Training on the CPU and the CPU benchmark call it.
+
+    Returns:
+        dict with ``applied`` (bool), ``reason`` (why not, or ``'glibc mallopt'``) and the
+        ``settings`` it made (empty when not applied).
+    """
+    global _allocator_state
+    if _allocator_state is not None:
+        return dict(_allocator_state)
+    state: dict[str, object] = {"applied": False, "reason": "", "settings": {}}
+    if os.environ.get("TUTORIAL_CPU_ALLOCATOR", "").strip().lower() == "default":
+        state["reason"] = "TUTORIAL_CPU_ALLOCATOR=default"
+    elif platform.system() != "Linux":
+        state["reason"] = f"not Linux ({platform.system()})"
+    else:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (not musl, e.g. Alpine)
+                raise AttributeError("not glibc")
+            ok = all(libc.mallopt(param, value) == 1 for param, value in
+                     ((_M_TRIM_THRESHOLD, _ALLOCATOR_SETTINGS["M_TRIM_THRESHOLD"]),
+                      (_M_MMAP_THRESHOLD, _ALLOCATOR_SETTINGS["M_MMAP_THRESHOLD"])))
+        except (OSError, AttributeError):
+            state["reason"] = "no glibc"
+        else:
+            if ok:
+                state.update(applied=True, reason="glibc mallopt", settings=dict(_ALLOCATOR_SETTINGS))
+            else:
+                state["reason"] = "mallopt refused the settings"
+    _allocator_state = state
+    return dict(state)
 
 
 def describe_run(budget: str | None = None, device: str | torch.device | None = None) -> str:
