@@ -13,7 +13,7 @@ KEYS = {
     "device", "device_name", "torch_version", "threads", "M", "scale", "lr_patch", "batch_size", "channels",
     "n_blocks", "precision", "parameters", "batched_patches_per_s", "loop_patches_per_s", "batched_over_loop",
     "batched_steps", "loop_steps", "inference_ms", "inference_lr_size", "inference_hr_size", "peak_memory_mb",
-    "peak_memory_kind", "wall_time_s",
+    "peak_memory_kind", "wall_time_s", "cpu_allocator",
 }
 
 
@@ -22,6 +22,7 @@ def test_tiny_benchmark_returns_documented_keys():
                            image_side=32, inference_runs=1)
     assert set(result) == KEYS
     assert result["device"] == "cpu" and result["torch_version"] == torch.__version__
+    assert result["cpu_allocator"]  # says whether the allocator tuning applied, and why not
     assert result["batched_patches_per_s"] > 0 and result["loop_patches_per_s"] > 0
     assert result["batched_over_loop"] == pytest.approx(
         result["batched_patches_per_s"] / result["loop_patches_per_s"], rel=1e-2)

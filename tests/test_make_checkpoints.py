@@ -25,7 +25,7 @@ def test_main_evaluate_and_equal_steps_stages(tmp_path):
     for kind in ("encoder", "mixture", "single"):
         model, sidecar = load_checkpoint(out / f"x2_{kind}.pt", expected_kind=kind, scale=2)
         assert sidecar["note"] == "a test run" and sidecar["training_data"]["source"] == "bundled-train"
-        assert sidecar["device_name"]
+        assert sidecar["device_name"] and sidecar["cpu_allocator"]
     results = json.loads((out / "x2_results.json").read_text(encoding="utf-8"))
     assert results["steps"] == {"pretrain": 30, "mixture": 30, "single": 30}
     trained = results["metrics"]

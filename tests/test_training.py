@@ -106,6 +106,7 @@ def test_pretrain_encoder_returns_classifier_and_history(encoder):
         assert len(history[key]) == QUICK.pretrain_steps
     assert history.meta["stopped_by"] == "steps" and history.meta["steps"] == QUICK.pretrain_steps
     assert history["lr"][0] > history["lr"][-1]  # the schedule decays
+    assert history.meta["cpu_allocator"]  # CPU training records whether malloc was tuned
 
 
 @pytest.mark.parametrize(

@@ -17,14 +17,21 @@
    everything the process allocated before.
 
 On a GPU both variants run under bfloat16 autocast with channels-last tensors, and every
-timing is bracketed by ``torch.cuda.synchronize``. Defaults keep a CPU run to about a
+timing is bracketed by ``torch.cuda.synchronize``. On the CPU the run first calls
+:func:`tutorial_lib.config.tune_cpu_allocator`, as CPU training does (``cpu_allocator`` in
+the result says whether it applied). Defaults keep a CPU run to about a
 minute: paper-size experts (64 channels, 7 blocks), batch 16, ``seconds = 15`` of timed
 steps per variant. ``python -m tutorial_lib bench --json`` prints the result.
 
 What to expect (see the module doc of :mod:`tutorial_lib.training`): on two CPU cores the
 paper-size mixture trains only some tens of patches per second, which is why the ``cpu``
-budget uses narrower, shallower experts; grouped convolutions are not faster than a loop on
-the CPU, while on a GPU one grouped pass beats ``M`` small launches.
+budget uses narrower, shallower experts. On a GPU one grouped pass replaces ``M`` small
+launches. On the CPU launches cost little and what counts is whether an operation's tensors
+fit in the cache: the loop works on ``M`` times smaller tensors than the grouped pass (a
+16 x 64 x 24 x 24 float32 activation is 2.4 MB, about one core's L2 cache on the machine
+measured; the grouped one is 9.4 MB), so the two run at about the same speed there, the loop
+slightly ahead at batch 16 and the batched pass ahead at batches of 2-4 (module doc of
+:mod:`tutorial_lib.training` and the README give the numbers).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any
 
 import torch
 
-from .config import device_name, get_device
+from .config import device_name, get_device, tune_cpu_allocator
 from .models import BlindSR, ENet, LoopMixture, MixtureOfExperts, count_parameters
 
 __all__ = ["format_report", "run_benchmark"]
@@ -93,7 +100,8 @@ def run_benchmark(
     Returns:
         dict with ``device``, ``device_name``, ``torch_version``, ``threads``, the settings
         (``M``, ``scale``, ``lr_patch``, ``batch_size``, ``channels``, ``n_blocks``,
-        ``precision``), ``parameters`` (of the mixture), ``batched_patches_per_s``,
+        ``precision``), ``cpu_allocator`` (CPU only: :func:`~tutorial_lib.config.tune_cpu_allocator`'s
+        ``reason``), ``parameters`` (of the mixture), ``batched_patches_per_s``,
         ``loop_patches_per_s``, ``batched_over_loop`` (their ratio), ``batched_steps``,
         ``loop_steps``, ``inference_ms`` (per image), ``inference_lr_size``,
         ``inference_hr_size``, ``peak_memory_mb``, ``peak_memory_kind`` and
@@ -108,6 +116,7 @@ def run_benchmark(
     seconds = (10.0 if cuda else 15.0) if seconds is None else float(seconds)
     if seconds <= 0 or batch_size < 1:
         raise ValueError(f"seconds and batch_size must be positive, got {seconds} and {batch_size}")
+    allocator = "" if cuda else tune_cpu_allocator()["reason"]  # as CPU training does
     start = time.perf_counter()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -190,6 +199,7 @@ def run_benchmark(
         "channels": channels,
         "n_blocks": n_blocks,
         "precision": "bfloat16 autocast, channels_last" if cuda else "float32",
+        **({} if cuda else {"cpu_allocator": allocator}),
         "parameters": parameters,
         "batched_patches_per_s": round(batched_rate, 2),
         "loop_patches_per_s": round(loop_rate, 2),
@@ -209,9 +219,10 @@ def run_benchmark(
 def format_report(result: dict[str, Any]) -> str:
     """A few human-readable lines for a :func:`run_benchmark` result."""
     lr_side, hr_size = result["inference_lr_size"], result["inference_hr_size"]
+    allocator = f", allocator: {result['cpu_allocator']}" if result.get("cpu_allocator") else ""
     lines = [
         (f"device: {result['device']} ({result['device_name']}), torch {result['torch_version']}, "
-         f"{result['threads']} threads, {result['precision']}"),
+         f"{result['threads']} threads, {result['precision']}{allocator}"),
         (f"mixture: M={result['M']} experts x{result['scale']}, {result['channels']} channels, "
          f"{result['n_blocks']} blocks, {result['parameters']:,} parameters"),
         (f"training, {result['lr_patch']}x{result['lr_patch']} LR patches, batch {result['batch_size']} "
