@@ -89,12 +89,13 @@ def test_bad_input_gets_clear_errors(photo):
         D.degrade(photo, np.ones((4, 4)) / 16, 2)
 
 
+@pytest.mark.parametrize("blur", ["conv", "matmul"])
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_patch_pairs_are_exact_crops_of_the_whole_image_degradation(scale, photo):
+def test_patch_pairs_are_exact_crops_of_the_whole_image_degradation(scale, blur, photo):
     """The property that keeps training aligned with evaluation, borders and flips included."""
     images = [photo, photo[5:, 9:].copy()]
     kernels = K.kernel_set("seen")
-    sampler = D.PatchSampler(images, kernels, scale, lr_patch=8, dtype=torch.float64, seed=1)
+    sampler = D.PatchSampler(images, kernels, scale, lr_patch=8, dtype=torch.float64, seed=1, blur=blur)
     batch = sampler.sample(64)
     assert batch["lr"].shape == (64, 1, 8, 8) and batch["hr"].shape == (64, 1, 8 * scale, 8 * scale)
     assert set(batch["op"].tolist()) == set(range(8))  # every rotation/flip is exercised
@@ -109,6 +110,17 @@ def test_patch_pairs_are_exact_crops_of_the_whole_image_degradation(scale, photo
         np.testing.assert_allclose(batch["hr"][n, 0].numpy(),
                                    whole[scale * r: scale * (r + p), scale * c: scale * (c + p)],
                                    atol=0)
+
+
+def test_patch_sampler_blur_methods_agree_in_float32(photo):
+    kernels = K.kernel_set("seen")
+    conv = D.PatchSampler([photo], kernels, 3, lr_patch=24, seed=5, blur="conv").sample(32)
+    matmul = D.PatchSampler([photo], kernels, 3, lr_patch=24, seed=5, blur="matmul").sample(32)
+    assert torch.equal(conv["hr"], matmul["hr"])
+    torch.testing.assert_close(conv["lr"], matmul["lr"], rtol=0, atol=1e-6)
+    assert D.PatchSampler([photo], kernels, 2, lr_patch=8).blur == "conv"  # the CPU default
+    with pytest.raises(ValueError, match="blur"):
+        D.PatchSampler([photo], kernels, 2, lr_patch=8, blur="fft")
 
 
 def test_patch_sampler_reaches_the_borders(photo):
