@@ -82,6 +82,33 @@ def test_budget_profiles_fit_their_purpose():
     assert with_overrides("cpu", channels=24).channels == 24
 
 
+def test_optimizers_use_fused_kernels_where_available():
+    params = [torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(3))]
+    for kind, cls in (("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)):
+        opt = training._make_optimizer([(params[:1], 1e-3), (params[1:], 1e-4)], kind, weight_decay=1e-4)
+        assert isinstance(opt, cls) and [g["base_lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+        if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):  # fused CPU kernels exist
+            assert opt.defaults["fused"] is True
+        for p in params:
+            p.grad = torch.ones_like(p)
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        assert all(not torch.equal(b, p) for b, p in zip(before, params))
+    with pytest.raises(ValueError, match="adam"):
+        training._make_optimizer([(params, 1e-3)], "lbfgs")
+
+
+def test_gradient_maximum_is_the_same_either_way():
+    torch.manual_seed(0)
+    for multi_tensor in (False, True):
+        params = [torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(5))]
+        params[0].grad = torch.linspace(-2.0, 0.5, 12).reshape(4, 3)
+        params[1].grad = torch.tensor([0.1, -0.3, 0.2, 1.5, 0.0])
+        grad_max = training._clip_gradients(params, 0.6, multi_tensor=multi_tensor)
+        assert grad_max.item() == pytest.approx(2.0)  # before clipping
+        assert max(p.grad.abs().max().item() for p in params) == pytest.approx(0.6)
+
+
 def test_lr_factor_schedules():
     assert lr_factor(0.0, "cosine", final=0.1) == pytest.approx(1.0)
     assert lr_factor(1.0, "cosine", final=0.1) == pytest.approx(0.1)

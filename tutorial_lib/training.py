@@ -342,13 +342,24 @@ class _Clock:
 
 def _make_optimizer(groups: list[tuple[list[nn.Parameter], float]], kind: str, momentum: float = 0.9,
                     weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam or SGD over ``(parameters, lr)`` groups; each group remembers its ``base_lr``."""
+    """Adam or SGD over ``(parameters, lr)`` groups; each group remembers its ``base_lr``.
+
+    The fused implementation (one kernel for all parameters) is used where this PyTorch has it
+    for the parameters' device, else the default one: the update is the same. On 2 CPU cores
+    an Adam step over the ``cpu``-budget mixture and E-Net took 0.4 ms fused against 2.8 ms,
+    an SGD step of the E-Net pre-training 0.1 ms against 0.3 ms; on a GPU it saves launches.
+    """
     param_groups = [{"params": params, "lr": lr, "base_lr": lr} for params, lr in groups]
     if kind == "adam":
-        return torch.optim.Adam(param_groups, weight_decay=weight_decay)
-    if kind == "sgd":
-        return torch.optim.SGD(param_groups, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {kind!r}")
+        cls, options = torch.optim.Adam, {"weight_decay": weight_decay}
+    elif kind == "sgd":
+        cls, options = torch.optim.SGD, {"momentum": momentum, "weight_decay": weight_decay}
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {kind!r}")
+    try:
+        return cls(param_groups, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or version
+        return cls(param_groups, **options)
 
 
 def _restore_optimizers(optimizers: list[torch.optim.Optimizer], resume_from: str | Path | None) -> bool:
@@ -385,13 +396,25 @@ def _optimizer_payload(optimizers: list[torch.optim.Optimizer]) -> dict[str, Any
             "states": [copy.deepcopy(o.state_dict()) for o in optimizers]}
 
 
-def _clip_gradients(params: Sequence[nn.Parameter], clip_value: float) -> torch.Tensor:
+def _clip_gradients(params: Sequence[nn.Parameter], clip_value: float, multi_tensor: bool | None = None
+                    ) -> torch.Tensor:
     """Clip every gradient entry to [-clip_value, clip_value] (the paper's clipping);
-    returns the largest |entry| *before* clipping (a 0-d tensor)."""
+    returns the largest |entry| *before* clipping (a 0-d tensor).
+
+    ``multi_tensor`` (default: on CUDA) computes that maximum with one multi-tensor kernel
+    (``torch.nn.utils.get_total_norm`` with the infinity norm) instead of two small kernels
+    per parameter; on the CPU the per-parameter loop was faster (0.1 vs 0.3 ms for E-Net).
+    """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    grad_max = torch.stack([g.detach().abs().max() for g in grads]).max()
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # PyTorch >= 2.6
+    if multi_tensor is None:
+        multi_tensor = grads[0].device.type == "cuda"
+    if multi_tensor and total_norm is not None:
+        grad_max = total_norm([g.detach() for g in grads], norm_type=math.inf)
+    else:
+        grad_max = torch.stack([g.detach().abs().max() for g in grads]).max()
     torch.nn.utils.clip_grad_value_(params, clip_value)
     return grad_max
 
