@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -59,14 +60,18 @@ print(json.dumps({"applied": state["applied"], "freed_mb": held - rss_mb()}))
 """
 
 
-def _freed_after_del(env_value: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TUTORIAL_CPU_ALLOCATOR"}
-    if env_value is not None:
-        env["TUTORIAL_CPU_ALLOCATOR"] = env_value
-    out = subprocess.run([sys.executable, "-c", _RSS_PROBE], env=env, capture_output=True, text=True, check=True)
-    import json
+def _last_line_of_python(code: str, variable: str, value: str | None) -> str:
+    """Run ``code`` in a fresh interpreter with the environment variable ``variable`` set to
+    ``value`` (or unset for ``None``); return the last line it prints."""
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    if value is not None:
+        env[variable] = value
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
 
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+def _freed_after_del(env_value: str | None) -> dict:
+    return json.loads(_last_line_of_python(_RSS_PROBE, "TUTORIAL_CPU_ALLOCATOR", env_value))
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -82,12 +87,8 @@ def test_tuned_allocator_keeps_freed_activations_in_the_process():
 
 @pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
 def test_importing_the_package_asks_for_huge_pages_unless_told_otherwise(preset, expected):
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if preset is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = preset
     code = "import os, tutorial_lib; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
+    assert _last_line_of_python(code, "THP_MEM_ALLOC_ENABLE", preset) == expected
 
 
 def _thp_mode() -> str:
@@ -109,12 +110,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(_thp_mode() not in ("always", "madvise"), reason="transparent huge pages are off here")
 def test_huge_pages_cut_the_page_faults_of_large_tensors():
-    faults = {}
-    for preset in (None, "0"):
-        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-        if preset is not None:
-            env["THP_MEM_ALLOC_ENABLE"] = preset
-        out = subprocess.run([sys.executable, "-c", _FAULT_PROBE], env=env, capture_output=True, text=True, check=True)
-        faults[preset] = int(out.stdout.strip().splitlines()[-1])
+    faults = {preset: int(_last_line_of_python(_FAULT_PROBE, "THP_MEM_ALLOC_ENABLE", preset)) for preset in (None, "0")}
     # 5 x 64 MiB in 4 KiB pages is about 82,000 faults; in 2 MiB pages a few hundred
     assert faults["0"] > 50_000 and faults[None] < faults["0"] / 10
