@@ -380,7 +380,7 @@ class PatchSampler:
         weights = self.kernels[kernel_index]
         if self.blur == "conv":
             # one depthwise convolution with stride u, a group per patch: on the CPU this is
-            # 10-70x faster than the matmul below, which copies k*k values per LR pixel
+            # 5-70x faster than the matmul below, which copies k*k values per LR pixel
             lr = F.conv2d(windows[None, :, offset:, offset:], weights[:, None], stride=self.scale,
                           groups=batch_size)
             lr = lr[0, :, :self.lr_patch, :self.lr_patch].unsqueeze(1)
