@@ -20,11 +20,20 @@ a batch is (B, 1, H, W).
 
 import os as _os
 
-# Ask PyTorch to back CPU tensors of 2 MiB and more with transparent huge pages (Linux; read
-# once, at PyTorch's first allocation, so it takes effect when tutorial_lib is imported before
-# any tensor exists). Whole-image evaluation on the CPU spends much of its time faulting fresh
-# pages in; with huge pages the x2 paper-size mixture evaluated the bundled test photographs in
-# 109 s instead of 175 s on 2 cores. Set THP_MEM_ALLOC_ENABLE=0 beforehand to keep the default.
+# CPU memory settings, made once when the package is imported (each can be turned off):
+# - THP_MEM_ALLOC_ENABLE=1 asks PyTorch to back CPU tensors of 2 MiB and more with transparent
+#   huge pages (Linux; read at PyTorch's first allocation, so it takes effect when tutorial_lib
+#   is imported before any tensor exists). Whole-image evaluation works on tensors of hundreds
+#   of MB and spends much of its time faulting fresh pages in: the x2 paper-size mixture
+#   evaluated Set5's unseen kernels in 97 s instead of 144 s on 2 cores. Set
+#   THP_MEM_ALLOC_ENABLE=0 beforehand to keep PyTorch's default.
+# - config.tune_cpu_allocator() keeps freed training-sized tensors in the process (glibc);
+#   without it, huge pages made a training step of the batched mixture slower, not faster.
+#   TUTORIAL_CPU_ALLOCATOR=default turns it off.
 _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+from .config import tune_cpu_allocator as _tune_cpu_allocator
+
+_tune_cpu_allocator()
 
 __version__ = "0.1.0"

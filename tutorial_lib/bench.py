@@ -17,9 +17,9 @@
    everything the process allocated before.
 
 On a GPU both variants run under bfloat16 autocast with channels-last tensors, and every
-timing is bracketed by ``torch.cuda.synchronize``. On the CPU the run first calls
-:func:`tutorial_lib.config.tune_cpu_allocator`, as CPU training does (``cpu_allocator`` in
-the result says whether it applied). Defaults keep a CPU run to about a
+timing is bracketed by ``torch.cuda.synchronize``. On the CPU the allocator setting of
+:func:`tutorial_lib.config.tune_cpu_allocator` applies, as in CPU training (``cpu_allocator``
+in the result says whether it did). Defaults keep a CPU run to about a
 minute: paper-size experts (64 channels, 7 blocks), batch 16, ``seconds = 15`` of timed
 steps per variant. ``python -m tutorial_lib bench --json`` prints the result.
 

@@ -105,8 +105,9 @@ def tune_cpu_allocator() -> dict[str, object]:
     without the tuning). The PyTorch performance tuning guide suggests preloading jemalloc
     or tcmalloc for the same reason; this needs no extra library.
 
-    Applied once per process, on Linux with glibc only; set ``TUTORIAL_CPU_ALLOCATOR=default``
-    to leave ``malloc`` alone. Training on the CPU and the CPU benchmark call it.
+    Applied once per process, on Linux with glibc only, when ``tutorial_lib`` is imported;
+    set ``TUTORIAL_CPU_ALLOCATOR=default`` beforehand to leave ``malloc`` alone. Training on
+    the CPU and the CPU benchmark call it again to record its state (``cpu_allocator``).
 
     Returns:
         dict with ``applied`` (bool), ``reason`` (why not, or ``'glibc mallopt'``) and the

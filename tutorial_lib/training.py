@@ -94,7 +94,7 @@ under bfloat16 autocast with channels-last tensors, and ``compile=True`` wraps t
 fused kernels where they exist, and on a GPU the gradient maximum logged as ``grad_max`` is
 one multi-tensor kernel: fewer launches per step, for the small per-step work that limits
 GPU training at batch 64 (measured on the CPU only so far; the H200 figures above predate
-both). On the CPU (Linux with glibc) the first training loop of a process calls
+both). On the CPU (Linux with glibc) importing ``tutorial_lib`` applies
 :func:`tutorial_lib.config.tune_cpu_allocator`, which keeps freed activation memory in the
 process instead of handing it back to the kernel after every step (measured: system time down
 from 4-8 s to 0.2 s per 30 s of mixture training, steps up by a few per cent, within the
