@@ -95,13 +95,13 @@ def tune_cpu_allocator() -> dict[str, object]:
     238) without, 222-289 (mean 254) with it, a gain within this machine's run-to-run
     spread. The benchmark gains more, and its batched mixture more than the loop over
     experts, whose tensors are four times smaller: at batch 16, batched 34-40 patches/s and
-    batched / loop 0.92-1.00 with the tuning (7 runs), 30-36 patches/s and 0.84-0.90
+    batched / loop 0.92-1.00 with the tuning (8 runs), 30-36 patches/s and 0.84-0.90
     without (4 runs).
 
     Here glibc's trim threshold is raised to 1 GiB and its mmap threshold fixed at 32 MiB
     (both must be set: setting one turns off glibc's own adaptation of the other), so that
     freed blocks under 32 MiB stay in the process for the next step. Peak memory grows a
-    little (``python -m tutorial_lib bench`` on the CPU: 710-890 MiB peak RSS, 763 MiB
+    little (``python -m tutorial_lib bench`` on the CPU: 710-970 MiB peak RSS, 763 MiB
     without the tuning). The PyTorch performance tuning guide suggests preloading jemalloc
     or tcmalloc for the same reason; this needs no extra library.
 
