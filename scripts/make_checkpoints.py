@@ -121,15 +121,14 @@ def main() -> None:
 
     if "evaluate" in args.stages:
         for scale in args.scales:
+            paths = {kind: out / f"x{scale}_{kind}.pt" for kind in ("encoder", "mixture", "single")}
             models, sidecars = {}, {}
-            for kind in ("encoder", "mixture", "single"):
-                path = out / f"x{scale}_{kind}.pt"
+            for kind, path in paths.items():
                 models[kind], sidecars[kind] = load_checkpoint(path, expected_kind=kind, scale=scale)
             _log(f"x{scale}: evaluating the checkpoints in {out}")
             metrics = T.evaluate_trained(models["encoder"], models["mixture"], models["single"], eval_sets, scale,
                                          max_side=budget.eval_max_side)
-            for kind in ("encoder", "mixture", "single"):
-                path = out / f"x{scale}_{kind}.pt"
+            for kind, path in paths.items():
                 T.update_sidecar_metrics(path, metrics[kind])
                 _set_training_data(path, data_label, args.note)
             stages = {"pretrain": "encoder", "mixture": "mixture", "single": "single"}
@@ -167,7 +166,7 @@ def main() -> None:
             _log(f"x2 ablation {name}")
             model, history = T.train_mixture(images, 2, budget, progress=False, **kwargs)
             path = T.save_trained(model, out / f"x2_{name}.pt", "mixture", history, budget, 0,
-                           extra={"ablation": name})
+                                  extra={"ablation": name})
             metrics = {s: T.evaluate_model(model, imgs, 2) for s, imgs in eval_sets.items()}
             T.update_sidecar_metrics(path, metrics)
             _set_training_data(path, data_label, args.note)

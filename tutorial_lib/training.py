@@ -399,6 +399,9 @@ def _optimizer_payload(optimizers: list[torch.optim.Optimizer]) -> dict[str, Any
             "states": [copy.deepcopy(o.state_dict()) for o in optimizers]}
 
 
+_GET_TOTAL_NORM = getattr(torch.nn.utils, "get_total_norm", None)  # PyTorch >= 2.6
+
+
 def _clip_gradients(params: Sequence[nn.Parameter], clip_value: float, multi_tensor: bool | None = None
                     ) -> torch.Tensor:
     """Clip every gradient entry to [-clip_value, clip_value] (the paper's clipping);
@@ -412,11 +415,10 @@ def _clip_gradients(params: Sequence[nn.Parameter], clip_value: float, multi_ten
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # PyTorch >= 2.6
     if multi_tensor is None:
         multi_tensor = grads[0].device.type == "cuda"
-    if multi_tensor and total_norm is not None:
-        grad_max = total_norm([g.detach() for g in grads], norm_type=math.inf)
+    if multi_tensor and _GET_TOTAL_NORM is not None:
+        grad_max = _GET_TOTAL_NORM([g.detach() for g in grads], norm_type=math.inf)
     else:
         grad_max = torch.stack([g.detach().abs().max() for g in grads]).max()
     torch.nn.utils.clip_grad_value_(params, clip_value)
@@ -1225,7 +1227,7 @@ def train_all(
         history.meta["training_images"] = names
     paths = {
         "encoder": save_trained(encoder, out_dir / f"x{scale}_encoder.pt", "encoder", h_pre, budget, seed,
-                         config={"scale": scale}),
+                                config={"scale": scale}),
         "mixture": save_trained(mixture, out_dir / f"x{scale}_mixture.pt", "mixture", h_mix, budget, seed),
         "single": save_trained(single, out_dir / f"x{scale}_single.pt", "single", h_single, budget, seed),
     }
