@@ -97,6 +97,9 @@ def main() -> None:
     eval_sets = {}
     if set5_dir:
         eval_sets["Set5"] = load_folder(set5_dir)
+    elif args.set5 != "none":
+        _log("Set5: no local copy (pass --set5 DIR, set TUTORIAL_SET5_DIR, or fetch it once with "
+             "tutorial_lib.data.fetch_benchmark('Set5')): the sidecars get no Set5 metrics")
     if args.eval_bundled:
         eval_sets["bundled-test"] = load_images("bundled-test")
     budget = T.get_training_budget(args.budget)

@@ -237,3 +237,14 @@ def test_resume_a_mixture_and_an_encoder(tmp_path, tiny_images):
     with pytest.raises(CheckpointError, match="cannot resume variant 'hard'"):
         training.train_mixture(tiny_images, 2, budget, encoder=encoder, variant="hard", progress=False,
                                resume_from=mix_path)
+
+
+def test_checkpoint_dir_is_the_shipped_folder_unless_the_variable_names_another(tmp_path, monkeypatch):
+    monkeypatch.delenv(checkpoints.CHECKPOINT_DIR_VARIABLE, raising=False)
+    shipped = checkpoints.checkpoint_dir()
+    assert shipped.parts[-2:] == ("data", "checkpoints") and (shipped / "x2_mixture.json").is_file()
+    monkeypatch.setenv(checkpoints.CHECKPOINT_DIR_VARIABLE, str(tmp_path))
+    assert checkpoints.checkpoint_dir() == tmp_path
+    monkeypatch.setenv(checkpoints.CHECKPOINT_DIR_VARIABLE, str(tmp_path / "missing"))
+    with pytest.raises(CheckpointError, match="TUTORIAL_CHECKPOINT_DIR.*is not a folder"):
+        checkpoints.checkpoint_dir()

@@ -88,6 +88,21 @@ def test_cli_demo_writes_a_figure_and_a_table(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_cli_demo_reads_the_checkpoint_folder_named_by_the_environment(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "no_checkpoints"
+    empty.mkdir()
+    monkeypatch.setenv("TUTORIAL_CHECKPOINT_DIR", str(empty))
+    assert cli.main(["demo", "--out", str(tmp_path / "out")]) == 0
+    table = json.loads((tmp_path / "out" / "demo_x2.json").read_text())
+    assert {r["method"] for r in table["rows"]} == {"bicubic"}  # no checkpoints there: bicubic only
+    monkeypatch.setenv("TUTORIAL_CHECKPOINT_DIR", str(tmp_path / "missing"))
+    capsys.readouterr()
+    assert cli.main(["demo", "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "TUTORIAL_CHECKPOINT_DIR" in err and "Traceback" not in err
+    assert not (tmp_path / "out2").exists()
+
+
 @pytest.mark.parametrize("tf32", [True, False])
 def test_model_method_leaves_the_tf32_setting_as_it_found_it(tf32):
     from tutorial_lib.evaluation import model_method

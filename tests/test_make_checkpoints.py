@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ from tutorial_lib.checkpoints import load_checkpoint
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_checkpoints.py"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600,
+                          env=env)
 
 
 def test_main_evaluate_and_equal_steps_stages(tmp_path):
@@ -32,9 +34,14 @@ def test_main_evaluate_and_equal_steps_stages(tmp_path):
     assert set(trained) == {"encoder", "mixture", "single", "bicubic"}
     assert set(trained["mixture"]["bundled-test"]) == {"seen", "unseen"}
 
-    # re-evaluating the same checkpoints gives the same numbers (inference is deterministic)
-    run = _run("--stages", "evaluate", "--note", "re-evaluated", *common)
+    # re-evaluating the same checkpoints gives the same numbers (inference is deterministic); this run
+    # looks for Set5 on disk, finds none and says so
+    env = {k: v for k, v in os.environ.items() if k != "TUTORIAL_SET5_DIR"}
+    env["TUTORIAL_DATA_DIR"] = str(tmp_path / "no_benchmarks")
+    looking = [a for a in common if a not in ("--set5", "none")]
+    run = _run("--stages", "evaluate", "--note", "re-evaluated", *looking, env=env)
     assert run.returncode == 0, run.stderr
+    assert "Set5: no local copy" in run.stdout
     again = json.loads((out / "x2_results.json").read_text(encoding="utf-8"))
     assert again["metrics"] == trained and again["note"] == "re-evaluated"
     assert again["steps"] == results["steps"]

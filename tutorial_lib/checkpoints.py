@@ -64,6 +64,7 @@ __all__ = [
     "CheckpointError",
     "architecture_of",
     "build_model",
+    "checkpoint_dir",
     "file_sha256",
     "load_checkpoint",
     "load_optimizer_state",
@@ -85,6 +86,26 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------ file helpers
+CHECKPOINT_DIR_VARIABLE = "TUTORIAL_CHECKPOINT_DIR"
+
+
+def checkpoint_dir() -> Path:
+    """The folder of trained checkpoints that the notebooks and the demo read.
+
+    The environment variable ``TUTORIAL_CHECKPOINT_DIR`` names a folder of your own (same
+    file names as the shipped ones, e.g. the ``--out`` folder of ``scripts/make_checkpoints.py``);
+    without it, ``data/checkpoints`` of the checkout. A variable that names no folder is an
+    error, not a silent fall-back to the shipped files.
+    """
+    value = os.environ.get(CHECKPOINT_DIR_VARIABLE)
+    if value:
+        folder = Path(value).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(f"environment variable {CHECKPOINT_DIR_VARIABLE}={value!r} is not a folder")
+        return folder
+    return Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
     """The JSON sidecar of a checkpoint: ``x2_mixture.pt`` -> ``x2_mixture.json``."""
     return Path(path).with_suffix(".json")

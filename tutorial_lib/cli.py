@@ -21,8 +21,6 @@ from pathlib import Path
 
 from . import __version__
 
-DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
@@ -76,8 +74,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError, checkpoint_dir
     from .demo import run_demo
-    checkpoint_dir = None if args.no_models else Path(args.checkpoints)
+    try:
+        checkpoint_dir = None if args.no_models else Path(args.checkpoints or checkpoint_dir())
+    except CheckpointError as err:
+        raise CLIError(str(err)) from err
     report = run_demo(image=args.image, scale=args.scale, out_dir=Path(args.out),
                       checkpoint_dir=checkpoint_dir)
     print(report["table"])
@@ -122,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a bundled test image name, or a path to an image file (default chelsea)")
     demo.add_argument("--scale", type=_scale, default=2)
     demo.add_argument("--out", default="demo_output", help="folder for the figure and table")
-    demo.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINT_DIR),
-                      help="folder with trained checkpoints x{scale}_mixture.pt / x{scale}_single.pt")
+    demo.add_argument("--checkpoints", default=None,
+                      help="folder with trained checkpoints x{scale}_mixture.pt / x{scale}_single.pt "
+                           "(default: $TUTORIAL_CHECKPOINT_DIR, else data/checkpoints)")
     demo.add_argument("--no-models", action="store_true", help="bicubic only")
     demo.set_defaults(func=cmd_demo)
 
