@@ -41,7 +41,7 @@ def test_enet_shapes_softmax_and_parameter_count():
     assert q.shape == (3, 4)
     assert torch.allclose(q.sum(dim=1), torch.ones(3))
     assert torch.allclose(enet.log_posterior(lr).exp(), q, atol=1e-6)
-    # Authors' ClsBranch: bias-free convs + BatchNorm, 1x1 conv 256 -> 4 (NOTES: 389,348).
+    # Authors' ClsBranch: bias-free convs + BatchNorm, 1x1 conv 256 -> 4 (the authors' count: 389,348).
     assert count_parameters(enet) == 389_348
 
 
@@ -85,7 +85,7 @@ def test_expert_output_shape_and_parameter_count(scale):
     assert expert(lr).shape == (2, 1, 12 * scale, 10 * scale)
     n = count_parameters(expert)
     assert n == _expert_parameter_count(scale)
-    assert n == {2: 304_337, 3: 308_945, 4: 314_577}[scale]  # x4: the authors' count (NOTES)
+    assert n == {2: 304_337, 3: 308_945, 4: 314_577}[scale]  # x4: the authors' count
 
 
 def test_expert_forward_is_base_plus_residual():

@@ -1,6 +1,6 @@
 """The degradation model of Eq. (1), L = (H ⊗ k)↓u (+ n), exactly as the authors' code.
 
-Steps (NOTES.md; checked against the reference implementations in the tests):
+Steps (checked against the reference implementations in the tests):
 
 1. ``modcrop``: crop the HR image to a multiple of the scale ``u``.
 2. ``blur``: correlation with the kernel, boundary mode ``'reflect'`` of SciPy (the edge

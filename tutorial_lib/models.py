@@ -291,7 +291,7 @@ class Expert(nn.Module):
 
     Initialisation: with plain Kaiming init (``block_init_scale = output_init_scale = 1``, the
     authors' choice) every residual add roughly doubles the second moment of the stream, so
-    activations and the initial residual are large (NOTES: mean |x| ~ 45, residual ~ 10).
+    activations and the initial residual are large (measured: mean |x| ~ 45, residual ~ 10).
     By default the convs that feed a residual add (``body`` and ``tail``) start at
     ``block_init_scale = 0.1`` x Kaiming (as in Fixup / "SkipInit"), which keeps the stream
     O(1), and ``reconstruct`` at ``output_init_scale = 0.1`` x Kaiming, which makes the

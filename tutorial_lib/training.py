@@ -28,7 +28,8 @@ and ``psnr`` (of that ``mse``, in dB, unrounded) per pixel.
 
 Optimisers. The joint stage and the single network use Adam (mixture lr 1e-3, E-Net lr 1e-4,
 the paper's 100:1 ratio replaced by 10:1), E-Net pre-training uses SGD (lr 1e-2, momentum
-0.9), which beat Adam there (NOTES). Measured on 2 CPU cores (``cpu`` budget, 150 s of joint
+0.9), which beat Adam there (an independent measurement on 2 CPU cores: 33 % against 12 %
+whole-image top-1 after 150 s). Measured on 2 CPU cores (``cpu`` budget, 150 s of joint
 training from the same pre-trained E-Net, Set5 x2 on 8 of the 29 unseen kernels): Adam
 33.9 dB; the paper's SGD (lr 1e-2 / 1e-4, momentum 0.9, same summed loss and clip) diverged
 (training PSNR down to 14 dB, Set5 24.4 dB, below bicubic, with ``q`` collapsed onto one
@@ -46,8 +47,8 @@ channels and 7 blocks) trains at about 40 LR patches (24 x 24) per second, forwa
 backward, so 8 minutes would show it only ~20 k patches; experts of 32 channels and 4 blocks
 train at about 85–125 patches/s (1–2 threads) and reach far more in the same time. With
 E-Net pre-training for 90 s (about 6 k steps) and joint training for 480 s (2.6 k and, in
-a second run, 4.4 k steps of 16 patches) on the nine bundled training photographs, the
-mixture reached 34.2 and 33.9 dB on Set5 x2 with the unseen kernels (bicubic 28.85 dB),
+later runs, up to 4.7 k steps of 16 patches) on the nine bundled training photographs, the
+mixture reached 33.9 to 34.2 dB on Set5 x2 with the unseen kernels over four runs (bicubic 28.85 dB),
 34.6 dB with the seen ones, and 33.6 / 33.7 dB on the bundled test photographs (bicubic
 30.0 dB). A shared machine is slower: when other processes keep the cores busy, two PyTorch
 threads can be several times slower than one (``torch.set_num_threads(1)``), and a time
