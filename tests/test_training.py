@@ -216,6 +216,17 @@ def test_time_budget_stops_by_the_clock(tiny_images):
     assert history["lr"][-1] < budget.mixture_lr  # the schedule followed the clock
 
 
+def test_progress_bar_counts_seconds_under_a_time_budget_and_steps_otherwise(tiny_images, capsys):
+    timed = with_overrides(QUICK, clock="time", joint_steps=100_000, joint_seconds=0.5)
+    train_single(tiny_images, SCALE, timed, progress=True, log_every=1)
+    text = capsys.readouterr().err.replace("\r", "\n")
+    assert "train single network (0.5 s)" in text and "/0.5 s [" in text and "steps=" in text
+    assert "100000" not in text  # the far-away step cap is not what the bar measures
+    train_single(tiny_images, SCALE, with_overrides(QUICK, joint_steps=4), progress=True, log_every=1)
+    text = capsys.readouterr().err
+    assert "/4 [" in text and "steps=" not in text
+
+
 # ------------------------------------------------------------- learning and clipping
 class _FixedBatch:
     """Wraps a PatchSampler so that every call returns the first batch it drew."""

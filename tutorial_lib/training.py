@@ -457,6 +457,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _ProgressBar:
+    """A tqdm bar over the steps, or over the seconds when a time budget decides.
+
+    Under a time budget the step limit is only a cap far away (100,000 steps for a few
+    minutes), so a bar over steps would predict hours; this one counts seconds of the budget
+    and shows the steps done beside the loss.
+    """
+
+    def __init__(self, desc: str, steps: int, seconds: float | None, by_time: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.by_time = bool(by_time and seconds)
+        if self.by_time:
+            self.bar = tqdm(total=float(seconds), desc=f"{desc} ({seconds:g} s)", leave=False, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:g} s [{elapsed}<{remaining}{postfix}]")
+        else:
+            self.bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, done: int, new_steps: int, elapsed: float, loss: float) -> None:
+        if self.by_time:
+            self.bar.update(min(elapsed, self.bar.total) - self.bar.n)
+            self.bar.set_postfix(steps=done, loss=f"{loss:.4g}", refresh=False)
+        else:
+            self.bar.update(new_steps)
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _train_loop(
     step_fn: Callable[[int], dict[str, torch.Tensor | float]],
     *,
@@ -484,11 +514,7 @@ def _train_loop(
     sums: dict[str, Any] = {}
     count = 0
     last_time, last_step = 0.0, 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
+    bar = _ProgressBar(desc, steps, seconds, clock.by_time) if progress else None
     done = 0
     stop = clock.stop_reason(0)
     while stop is None:
@@ -516,8 +542,7 @@ def _train_loop(
             if "mse" in sums:
                 history.setdefault("psnr", []).append(-10.0 * math.log10(max(history["mse"][-1], 1e-12)))
             if bar is not None:
-                bar.update(done - last_step)
-                bar.set_postfix(loss=f"{history['loss'][-1]:.4g}", refresh=False)
+                bar.update(done, done - last_step, now, history["loss"][-1])
             sums, count, last_time, last_step = {}, 0, now, done
     if bar is not None:
         bar.close()
