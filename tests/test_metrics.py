@@ -67,6 +67,19 @@ def test_stacks_are_evaluated_per_image(real_pair):
     assert ssim[0] == pytest.approx(M.ssim_y(hr, sr, 2)) and ssim[1] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("variant", ["skimage", "matlab"])
+def test_a_repeated_reference_is_processed_once_with_the_same_numbers(real_pair, variant):
+    hr, sr = real_pair
+    rng = np.random.default_rng(0)
+    estimates = np.clip(sr[None] + 0.02 * rng.standard_normal((3,) + sr.shape), 0, 1)
+    repeated = np.broadcast_to(hr, estimates.shape)  # as evaluate passes it: one image, stride 0
+    copied = np.ascontiguousarray(repeated)
+    assert repeated.strides[0] == 0 and copied.strides[0] != 0
+    assert np.array_equal(M.ssim_y(repeated, estimates, 2, variant=variant),
+                          M.ssim_y(copied, estimates, 2, variant=variant))
+    assert np.array_equal(M.psnr_y(repeated, estimates, 2), M.psnr_y(copied, estimates, 2))
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="shape"):
         M.psnr_y(np.zeros((8, 8)), np.zeros((8, 9)))

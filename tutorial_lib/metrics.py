@@ -32,6 +32,15 @@ def _check_pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray
     return reference, estimate
 
 
+def _one_reference(reference: np.ndarray) -> np.ndarray:
+    """A stack that repeats one image (``np.broadcast_to(hr, (N, H, W))``, as the evaluation
+    passes it) -> that image, so that work on the reference is done once; else unchanged.
+    Broadcasting it back against the estimates gives the same numbers, bit for bit."""
+    if reference.ndim == 3 and reference.shape[0] > 1 and reference.strides[0] == 0:
+        return reference[0]
+    return reference
+
+
 def to_uint8_levels(img: np.ndarray) -> np.ndarray:
     """[0, 1] float -> float64 on 8-bit levels: ``round(clip(img, 0, 1) · 255)`` (0 … 255)."""
     return np.round(np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0) * 255.0)
@@ -57,7 +66,7 @@ def psnr_y(reference: np.ndarray, estimate: np.ndarray, shave_border: int = 0) -
     ``reference``, ``estimate``: float in [0, 1], (H, W) -> float, or (N, H, W) -> (N,).
     """
     reference, estimate = _check_pair(reference, estimate)
-    ref = shave(to_uint8_levels(reference), shave_border)
+    ref = shave(to_uint8_levels(_one_reference(reference)), shave_border)
     est = shave(to_uint8_levels(estimate), shave_border)
     mse = ((ref - est) ** 2).mean(axis=(-2, -1))
     with np.errstate(divide="ignore"):
@@ -92,11 +101,11 @@ def ssim_y(reference: np.ndarray, estimate: np.ndarray, shave_border: int = 0,
     if variant not in SSIM_VARIANTS:
         raise ValueError(f"variant must be one of {SSIM_VARIANTS}, got {variant!r}")
     reference, estimate = _check_pair(reference, estimate)
-    x = shave(to_uint8_levels(reference), shave_border)
+    x = shave(to_uint8_levels(_one_reference(reference)), shave_border)  # (H, W) when it repeats
     y = shave(to_uint8_levels(estimate), shave_border)
     win = 7 if variant == "skimage" else 11
-    if min(x.shape[-2:]) < win:
-        raise ValueError(f"image of size {x.shape[-2]}x{x.shape[-1]} (after shaving) is smaller "
+    if min(y.shape[-2:]) < win:
+        raise ValueError(f"image of size {y.shape[-2]}x{y.shape[-1]} (after shaving) is smaller "
                          f"than the {win}x{win} SSIM window")
     n = win * win
     cov_norm = n / (n - 1) if variant == "skimage" else 1.0
