@@ -14,7 +14,8 @@ Modules follow the notebook sequence:
 - :mod:`tutorial_lib.evaluation`    the paper's evaluation protocol over images x kernels
 
 Conventions used everywhere: images are float arrays in [0, 1] holding the Y channel
-(BT.601, so values lie in [16/255, 235/255] for natural images); a single image is (H, W),
+(BT.601, so colour photographs give values in [16/255, 235/255]; gray images are taken as
+Y unchanged and may use all of [0, 1]); a single image is (H, W),
 a batch is (B, 1, H, W).
 """
 

@@ -19,8 +19,8 @@
 On a GPU both variants run under bfloat16 autocast with channels-last tensors, and every
 timing is bracketed by ``torch.cuda.synchronize``. On the CPU the allocator setting of
 :func:`tutorial_lib.config.tune_cpu_allocator` applies, as in CPU training (``cpu_allocator``
-in the result says whether it did). Defaults keep a CPU run to about a
-minute: paper-size experts (64 channels, 7 blocks), batch 16, ``seconds = 15`` of timed
+in the result says whether it did). Defaults keep a CPU run to about 40
+seconds: paper-size experts (64 channels, 7 blocks), batch 16, ``seconds = 15`` of timed
 steps per variant. ``python -m tutorial_lib bench --json`` prints the result.
 
 What to expect (see the module doc of :mod:`tutorial_lib.training`): on two CPU cores the
@@ -30,8 +30,8 @@ launches. On the CPU launches cost little and what counts is whether an operatio
 fit in the cache: the loop works on ``M`` times smaller tensors than the grouped pass (a
 16 x 64 x 24 x 24 float32 activation is 2.4 MB, about one core's L2 cache on the machine
 measured; the grouped one is 9.4 MB), so the two run at about the same speed there, the loop
-slightly ahead at batch 16 and the batched pass ahead at batches of 2-4 (module doc of
-:mod:`tutorial_lib.training` and the README give the numbers).
+slightly ahead at batch 16 and the batched pass ahead at batches of 2-4 (the README's
+*Speed* section and :func:`tutorial_lib.config.tune_cpu_allocator` give the numbers).
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def run_benchmark(
         M, scale, lr_patch: mixture size, upscaling factor, LR patch side of the training batch.
         batch_size: patches per step (default 16 on the CPU, 256 on a GPU).
         seconds: timed seconds per variant for the throughput (default 15 on the CPU, 10 on a
-            GPU); the run stops after at least 2 timed steps per variant past this budget.
+            GPU); the run stops once both variants have this many seconds and at least 2
+            steps, or as soon as one of them reaches 4 x ``seconds`` (a far slower variant
+            does not stretch the run).
         channels, n_blocks: expert width and depth (64, 7: the paper's experts).
         image_side: side of the LR image for the inference timing (256 -> 512 at x2).
         inference_runs: timed inference runs after one warm-up (default 3 on the CPU, 20 on
@@ -103,7 +105,8 @@ def run_benchmark(
         ``precision``), ``cpu_allocator`` (CPU only: :func:`~tutorial_lib.config.tune_cpu_allocator`'s
         ``reason``), ``parameters`` (of the mixture), ``batched_patches_per_s``,
         ``loop_patches_per_s``, ``batched_over_loop`` (their ratio), ``batched_steps``,
-        ``loop_steps``, ``inference_ms`` (per image), ``inference_lr_size``,
+        ``loop_steps``, with ``compile=True`` also ``compile_s`` and
+        ``compiled_patches_per_s``, ``inference_ms`` (per image), ``inference_lr_size``,
         ``inference_hr_size``, ``peak_memory_mb``, ``peak_memory_kind`` and
         ``wall_time_s``.
     """

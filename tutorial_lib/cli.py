@@ -56,6 +56,7 @@ def _method_for(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: PSNR/SSIM of bicubic or a checkpoint over images x kernels; prints a table or JSON."""
     from .evaluation import evaluate
     images = _load_images(args.images)
     method, label = _method_for(args)
@@ -74,6 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: degrade a bundled photograph, restore it, write a figure and a table."""
     from .checkpoints import CheckpointError, checkpoint_dir
     from .demo import run_demo
     try:
@@ -90,6 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    """``train``: train within a budget (see :func:`tutorial_lib.training.train_from_cli`); prints a JSON summary."""
     from .training import train_from_cli
     summary = train_from_cli(scale=args.scale, budget=args.budget, data=args.data,
                              out=Path(args.out), variant=args.variant, M=args.experts,
@@ -101,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``bench``: :func:`tutorial_lib.bench.run_benchmark` for one or several batch sizes."""
     from .bench import format_report, run_benchmark
     results = [run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels,
                              batch_size=batch_size, compile=args.compile)
@@ -113,6 +117,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m tutorial_lib`` and its four sub-commands."""
     parser = argparse.ArgumentParser(
         prog="python -m tutorial_lib",
         description="Blind SR with a mixture of deep networks: demo, evaluation, training, benchmark.")
@@ -160,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", default=None, help="continue from a checkpoint")
     tr.add_argument("--evaluate-on", default=None,
                     help="after training, evaluate on these images (e.g. Set5 or a folder)")
-    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    tr.add_argument("--device", default=None, help="cpu or cuda (default: $TUTORIAL_DEVICE, else cuda when available)")
     tr.set_defaults(func=cmd_train)
 
     be = sub.add_parser("bench", help="training throughput, inference time, peak memory")
@@ -176,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit status: 0 on success, 2 with one ``error:``
+    line for a user error (a malformed command line makes argparse exit with 2 itself)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

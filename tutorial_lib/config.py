@@ -4,11 +4,12 @@ The budget is one of
 
 - ``smoke``: seconds per training cell; what CI and the tests use (deterministic on the CPU);
 - ``cpu``:   a learner's laptop, minutes per stage;
-- ``gpu``:   one GPU, a few minutes per stage.
+- ``gpu``:   one GPU: E-Net 40 s, then 150 s per model (see :mod:`tutorial_lib.training`).
 
 Resolution order of :func:`get_budget`: an explicit argument, then the environment variable
-``TUTORIAL_BUDGET``, then ``smoke`` when the ``CI`` variable is set (to anything but
-``0``/``false``), then ``gpu`` if CUDA is available, else ``cpu``.
+``TUTORIAL_BUDGET``, then ``smoke`` when the ``CI`` variable is set (to anything but an empty
+value, ``0``, ``false`` or ``no``), then ``gpu`` if CUDA is available, else ``cpu``.
+:func:`get_device` reads ``TUTORIAL_DEVICE`` (``cpu`` or ``cuda``) the same way.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def get_budget(budget: str | None = None) -> str:
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    """Return ``device`` as a :class:`torch.device`; default CUDA when available, else CPU."""
+    """Return ``device`` as a :class:`torch.device`.
+
+    Default: the environment variable ``TUTORIAL_DEVICE`` if set, else CUDA when available,
+    else the CPU. Asking for CUDA on a machine without it is a ``ValueError``.
+    """
     if device is None:
         device = os.environ.get("TUTORIAL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)

@@ -212,7 +212,7 @@ def hard_selection_losses(
         ``q_z`` only; ``q`` is used for the index alone, so no gradient reaches E-Net.
         ``encoder_loss`` (stage B, mixture fixed): ``sum_z q_z ||H - F_z||^2`` with the experts
         detached, the first term of Eq. (12) as a function of ``q`` only.
-        Both are batch means.
+        Both are batch means. ``chosen``: the index of the expert of largest ``q_z``, (B,).
     """
     _check_experts(experts, hr, q)
     chosen = q.detach().argmax(dim=1)

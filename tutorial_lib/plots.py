@@ -1,4 +1,5 @@
-"""Figure helpers that the notebooks share. Every function returns its matplotlib Figure.
+"""Figure helpers that the notebooks share. Every function returns its matplotlib Figure,
+except :func:`plot_kernel`, which draws into a given axes and returns the image it drew.
 
 Conventions: images are float (H, W) in [0, 1] shown in gray with ``vmin=0, vmax=1``;
 heat maps use perceptually uniform colour maps (viridis, cividis); categorical colours come
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.patches import Patch, Rectangle
 
 from .metrics import psnr_y
@@ -66,7 +68,7 @@ def _covariance_ellipse(sigma: np.ndarray, n: int = 100) -> tuple[np.ndarray, np
 
 def plot_kernel(ax: plt.Axes, kernel: np.ndarray, title: str | None = None,
                 covariance: np.ndarray | None = None, cmap: str = "viridis",
-                vmax: float | None = None, ticks: bool = True):
+                vmax: float | None = None, ticks: bool = True) -> AxesImage:
     """Draw a (k, k) kernel centred on offset (0, 0); returns the AxesImage.
 
     ``covariance`` (2, 2) in (row, col) coordinates adds its 1-σ ellipse (white line).
