@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .config import folder_from_environment
 from .models import (
     BlindSR,
     EncoderWithClassifier,
@@ -98,13 +99,8 @@ def checkpoint_dir() -> Path:
     without it, ``data/checkpoints`` of the checkout. A variable that names no folder is an
     error, not a silent fall-back to the shipped files.
     """
-    value = os.environ.get(CHECKPOINT_DIR_VARIABLE)
-    if value:
-        folder = Path(value).expanduser()
-        if not folder.is_dir():
-            raise CheckpointError(f"environment variable {CHECKPOINT_DIR_VARIABLE}={value!r} is not a folder")
-        return folder
-    return Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+    folder = folder_from_environment(CHECKPOINT_DIR_VARIABLE, CheckpointError)
+    return folder or Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

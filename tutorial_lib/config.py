@@ -19,6 +19,7 @@ import ctypes.util
 import os
 import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +44,19 @@ def get_budget(budget: str | None = None) -> str:
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
     return budget
+
+
+def folder_from_environment(variable: str, error: type[Exception] = ValueError) -> Path | None:
+    """The folder named by the environment variable ``variable`` (``~`` expanded), or None when
+    it is unset or empty; a value that names no folder raises ``error`` with a message that
+    names the variable, rather than falling back silently to a default."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise error(f"environment variable {variable}={value!r} is not a folder")
+    return folder
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tutorial_lib.config import folder_from_environment
 from tutorial_lib.degradations import modcrop  # noqa: F401  (re-exported; one implementation)
 from tutorial_lib.metrics import rgb_to_y
 
@@ -334,12 +335,8 @@ def find_local_benchmark(name: str) -> Path | None:
     use this to take Set5 when it is available and the bundled images otherwise.
     """
     name = _benchmark_name(name)
-    variable = f"TUTORIAL_{name.upper()}_DIR"
-    from_env = os.environ.get(variable)
-    if from_env:
-        folder = Path(from_env).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"environment variable {variable}={from_env!r} is not a folder")
+    folder = folder_from_environment(f"TUTORIAL_{name.upper()}_DIR", DataError)
+    if folder is not None:
         return folder
     folder = default_data_dir() / name
     return folder if folder.is_dir() and _is_complete(folder, name) else None
