@@ -13,7 +13,8 @@ Both are written atomically (a temporary file in the same folder, then ``os.repl
 ``.pt`` first and the sidecar second, so a crash never leaves a sidecar that describes weights
 that are not there; a crash between the two while overwriting leaves the old sidecar beside
 the new weights, which :func:`load_checkpoint` reports as a hash mismatch.
-:func:`load_checkpoint` checks the size and the hash before it unpickles anything, rebuilds the network from the sidecar and loads the weights strictly; every problem
+:func:`load_checkpoint` checks the size and the hash before it unpickles anything, rebuilds
+the network from the sidecar and loads the weights strictly; every problem
 (a missing file, a truncated or altered file, a checkpoint of another kind or scale, weights
 that do not fit the architecture) is a :class:`CheckpointError` with a message that says
 what is wrong.

@@ -325,7 +325,8 @@ def nearest_centroid_retrieval(query_centroids: np.ndarray, seen_centroids: np.n
             "retrieved": retrieved, "closest": kernel_dist.argmin(axis=1)}
 
 
-def shuffled_baseline(measure: Callable[[np.ndarray], float], labels: np.ndarray, n_shuffles: int = 20, seed: int = 0) -> dict[str, float]:
+def shuffled_baseline(measure: Callable[[np.ndarray], float], labels: np.ndarray, n_shuffles: int = 20,
+                      seed: int = 0) -> dict[str, float]:
     """``measure(permuted_labels) -> float`` averaged over ``n_shuffles`` random permutations
     of ``labels`` (``numpy.random.default_rng(seed)``): what the measure gives when the
     kernel labels carry no information. Returns ``mean``, ``std`` and ``max``."""
