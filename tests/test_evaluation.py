@@ -95,8 +95,8 @@ def test_cli_demo_reads_the_checkpoint_folder_named_by_the_environment(tmp_path,
     assert cli.main(["demo", "--out", str(tmp_path / "out")]) == 0
     table = json.loads((tmp_path / "out" / "demo_x2.json").read_text())
     assert {r["method"] for r in table["rows"]} == {"bicubic"}  # no checkpoints there: bicubic only
+    assert "bicubic only" in capsys.readouterr().err  # and the demo says so
     monkeypatch.setenv("TUTORIAL_CHECKPOINT_DIR", str(tmp_path / "missing"))
-    capsys.readouterr()
     assert cli.main(["demo", "--out", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err
     assert "TUTORIAL_CHECKPOINT_DIR" in err and "Traceback" not in err

@@ -79,11 +79,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError, checkpoint_dir
     from .demo import run_demo
     try:
-        checkpoint_dir = None if args.no_models else Path(args.checkpoints or checkpoint_dir())
+        folder = None if args.no_models else Path(args.checkpoints or checkpoint_dir())
     except CheckpointError as err:
         raise CLIError(str(err)) from err
-    report = run_demo(image=args.image, scale=args.scale, out_dir=Path(args.out),
-                      checkpoint_dir=checkpoint_dir)
+    report = run_demo(image=args.image, scale=args.scale, out_dir=Path(args.out), checkpoint_dir=folder)
+    if folder is not None and {row["method"] for row in report["rows"]} == {"bicubic"}:
+        print(f"note: no x{args.scale}_mixture.pt or x{args.scale}_single.pt in {folder}: bicubic only "
+              "(set TUTORIAL_CHECKPOINT_DIR or pass --checkpoints)", file=sys.stderr)
     print(report["table"])
     print(f"figure: {report['figure']}")
     print(f"table:  {report['json']}")
