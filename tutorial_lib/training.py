@@ -50,9 +50,9 @@ reach far more in the same time. With E-Net pre-training for 90 s (6 k to 9 k st
 joint training for 480 s (2.6 k and, in later runs, up to 4.7 k steps of 16 patches) on the
 nine bundled training photographs, the mixture reached 33.9 to 34.2 dB on Set5 x2 with the
 unseen kernels over four runs (bicubic 28.85 dB), 34.6 dB with the seen ones, and 33.6 /
-33.7 dB on the bundled test photographs (bicubic 30.0 dB). A shared machine is slower: when other processes keep the cores busy, two PyTorch
-threads can be several times slower than one (``torch.set_num_threads(1)``), and a time
-budget then trains fewer steps.
+33.7 dB on the bundled test photographs (bicubic 30.0 dB). A shared machine is slower: when
+other processes keep the cores busy, two PyTorch threads can be several times slower than
+one (``torch.set_num_threads(1)``), and a time budget then trains fewer steps.
 
 The ``gpu`` budget (paper-size experts, batch 64; E-Net on batches of 256): E-Net 40 s,
 mixture 150 s, single network 150 s. Measured on one NVIDIA H200 (torch 2.11, bf16, T91,
@@ -470,7 +470,8 @@ class _ProgressBar:
 
         self.by_time = bool(by_time and seconds)
         if self.by_time:
-            self.bar = tqdm(total=float(seconds), desc=f"{desc} ({seconds:g} s)", leave=False, dynamic_ncols=True,
+            self.bar = tqdm(total=float(seconds), desc=f"{desc} ({seconds:g} s)", leave=False,
+                            dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n:.0f}/{total:g} s [{elapsed}<{remaining}{postfix}]")
         else:
             self.bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
