@@ -39,9 +39,19 @@ def test_benchmark_rejects_bad_settings():
         run_benchmark(device="cpu", seconds=0, channels=8)
 
 
-def test_compiled_variant_is_cuda_only():
+def test_compiled_and_graphed_variants_are_cuda_only():
     with pytest.raises(ValueError, match="CUDA"):
         run_benchmark(device="cpu", seconds=0.1, channels=8, compile=True)
+    with pytest.raises(ValueError, match="CUDA"):
+        run_benchmark(device="cpu", seconds=0.1, channels=8, cuda_graph=True)
+
+
+def test_layout_is_checked_and_channels_last_runs_on_the_cpu():
+    with pytest.raises(ValueError, match="layout"):
+        run_benchmark(device="cpu", seconds=0.1, channels=8, layout="nhwc")
+    result = run_benchmark(device="cpu", seconds=0.05, channels=4, n_blocks=1, batch_size=2, lr_patch=8,
+                           image_side=16, inference_runs=1, layout="channels_last")
+    assert result["batched_patches_per_s"] > 0 and result["inference_hr_size"] == [32, 32]
 
 
 def test_cli_bench_sweeps_batch_sizes(capsys):

@@ -16,8 +16,13 @@
    resident set size of the whole process (``resource.getrusage``), which includes
    everything the process allocated before.
 
-On a GPU both variants run under bfloat16 autocast with channels-last tensors, and every
-timing is bracketed by ``torch.cuda.synchronize``. On the CPU the allocator setting of
+On a GPU both variants run under bfloat16 autocast with channels-last tensors (``layout``
+chooses), and every timing is bracketed by ``torch.cuda.synchronize``. Two optional extras
+on a GPU: ``compile=True`` times the batched mixture wrapped in ``torch.compile``, and
+``cuda_graph=True`` times both variants with forward and backward captured once in a CUDA
+graph and replayed (no Python and no kernel-launch cost per step: what is left is the GPU's
+own work, so the ratio then compares the arithmetic of one grouped pass against ``M`` small
+ones). On the CPU the allocator setting of
 :func:`tutorial_lib.config.tune_cpu_allocator` applies, as in CPU training (``cpu_allocator``
 in the result says whether it did). Defaults keep a CPU run to about 40
 seconds: paper-size experts (64 channels, 7 blocks), batch 16, ``seconds = 15`` of timed
@@ -81,6 +86,8 @@ def run_benchmark(
     inference_runs: int | None = None,
     seed: int = 0,
     compile: bool = False,
+    cuda_graph: bool = False,
+    layout: str | None = None,
 ) -> dict[str, Any]:
     """Training throughput (batched vs. loop), inference time and peak memory; see module doc.
 
@@ -98,6 +105,12 @@ def run_benchmark(
             a GPU); the median is reported.
         compile: also time the batched mixture wrapped in ``torch.compile`` (CUDA only; the
             compilation itself is excluded and reported as ``compile_s``).
+        cuda_graph: also time both variants as CUDA graphs of forward + backward (CUDA only;
+            ``graph_batched_patches_per_s``, ``graph_loop_patches_per_s``,
+            ``graph_batched_over_loop``; a capture that fails is reported as ``graph_error``
+            and the rest of the result stands).
+        layout: ``'channels_last'`` or ``'contiguous'`` memory format of activations and
+            weights (default: channels-last on CUDA, contiguous on the CPU).
 
     Returns:
         dict with ``device``, ``device_name``, ``torch_version``, ``threads``, the settings
@@ -106,7 +119,8 @@ def run_benchmark(
         ``reason``), ``parameters`` (of the mixture), ``batched_patches_per_s``,
         ``loop_patches_per_s``, ``batched_over_loop`` (their ratio), ``batched_steps``,
         ``loop_steps``, with ``compile=True`` also ``compile_s`` and
-        ``compiled_patches_per_s``, ``inference_ms`` (per image), ``inference_lr_size``,
+        ``compiled_patches_per_s``, with ``cuda_graph=True`` the ``graph_*`` keys above,
+        ``inference_ms`` (per image), ``inference_lr_size``,
         ``inference_hr_size``, ``peak_memory_mb``, ``peak_memory_kind`` and
         ``wall_time_s``.
     """
@@ -114,8 +128,11 @@ def run_benchmark(
     cuda = device.type == "cuda"
     batch_size = batch_size or (256 if cuda else 16)
     inference_runs = inference_runs or (20 if cuda else 3)
-    if compile and not cuda:
-        raise ValueError("compile=True is measured on CUDA only")
+    if (compile or cuda_graph) and not cuda:
+        raise ValueError("compile=True and cuda_graph=True are measured on CUDA only")
+    layout = layout or ("channels_last" if cuda else "contiguous")
+    if layout not in ("channels_last", "contiguous"):
+        raise ValueError(f"layout must be 'channels_last' or 'contiguous', got {layout!r}")
     seconds = (10.0 if cuda else 15.0) if seconds is None else float(seconds)
     if seconds <= 0 or batch_size < 1:
         raise ValueError(f"seconds and batch_size must be positive, got {seconds} and {batch_size}")
@@ -125,17 +142,18 @@ def run_benchmark(
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True  # as training does: pick the fastest kernels
     torch.manual_seed(seed)
-    layout = torch.channels_last if cuda else torch.contiguous_format
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    def autocast(cache_enabled: bool = True):
+        # a CUDA graph capture needs the autocast weight cache off
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda, cache_enabled=cache_enabled)
 
     batched = MixtureOfExperts(M, scale, channels=channels, n_blocks=n_blocks)
     loop = LoopMixture.from_experts(batched.to_experts())  # the same weights
-    batched.to(device, memory_format=layout)
-    loop.to(device, memory_format=layout)
+    batched.to(device, memory_format=memory_format)
+    loop.to(device, memory_format=memory_format)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    lr = torch.rand(batch_size, 1, lr_patch, lr_patch, generator=generator).to(device, memory_format=layout)
+    lr = torch.rand(batch_size, 1, lr_patch, lr_patch, generator=generator).to(device, memory_format=memory_format)
     hr = torch.rand(batch_size, 1, scale * lr_patch, scale * lr_patch, generator=generator).to(device)
     q = torch.full((batch_size, M), 1.0 / M, device=device)
 
@@ -163,6 +181,9 @@ def run_benchmark(
     batched_rate = batch_size * len(times["batched"]) / sum(times["batched"])
     loop_rate = batch_size * len(times["loop"]) / sum(times["loop"])
     parameters = count_parameters(batched)
+    graphed: dict[str, Any] = {}
+    if cuda_graph:
+        graphed = _time_cuda_graphs(batched, loop, lr, hr, q, autocast, seconds, batch_size, device)
     del loop
     compiled: dict[str, Any] = {}
     if compile:
@@ -178,7 +199,7 @@ def run_benchmark(
 
     # inference: full model on one Set5-sized image
     model = BlindSR(ENet(M).to(device), batched).eval()
-    image = torch.rand(1, 1, image_side, image_side, generator=generator).to(device, memory_format=layout)
+    image = torch.rand(1, 1, image_side, image_side, generator=generator).to(device, memory_format=memory_format)
     run_times = []
     with torch.no_grad():
         for i in range(inference_runs + 1):
@@ -201,7 +222,7 @@ def run_benchmark(
         "batch_size": batch_size,
         "channels": channels,
         "n_blocks": n_blocks,
-        "precision": "bfloat16 autocast, channels_last" if cuda else "float32",
+        "precision": f"bfloat16 autocast, {layout}" if cuda else "float32",
         **({} if cuda else {"cpu_allocator": allocator}),
         "parameters": parameters,
         "batched_patches_per_s": round(batched_rate, 2),
@@ -210,6 +231,7 @@ def run_benchmark(
         "batched_steps": len(times["batched"]),
         "loop_steps": len(times["loop"]),
         **compiled,
+        **graphed,
         "inference_ms": round(1000 * statistics.median(run_times), 2),
         "inference_lr_size": [image_side, image_side],
         "inference_hr_size": list(out.shape[-2:]),
@@ -217,6 +239,56 @@ def run_benchmark(
         "peak_memory_kind": peak_kind,
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
+
+
+def _capture(net: torch.nn.Module, lr: torch.Tensor, hr: torch.Tensor, q: torch.Tensor, autocast,
+             device: torch.device) -> torch.cuda.CUDAGraph:
+    """Forward + backward of ``net`` captured in a CUDA graph (warm-up on a side stream first,
+    as PyTorch's CUDA-graph notes do); ``replay()`` recomputes the loss and the gradients."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            net.zero_grad(set_to_none=True)
+            with autocast(cache_enabled=False):
+                fused = net(lr, q)["fused"]
+            (fused.float() - hr).square().mean().backward()
+    torch.cuda.current_stream(device).wait_stream(side)
+    net.zero_grad(set_to_none=True)  # the capture allocates the gradients in the graph's pool
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        with autocast(cache_enabled=False):
+            fused = net(lr, q)["fused"]
+        (fused.float() - hr).square().mean().backward()
+    return graph
+
+
+def _time_cuda_graphs(batched: torch.nn.Module, loop: torch.nn.Module, lr: torch.Tensor, hr: torch.Tensor,
+                      q: torch.Tensor, autocast, seconds: float, batch_size: int, device: torch.device
+                      ) -> dict[str, Any]:
+    """Both variants as CUDA graphs, replayed interleaved as the eager timing does."""
+    try:
+        graphs = {"batched": _capture(batched, lr, hr, q, autocast, device),
+                  "loop": _capture(loop, lr, hr, q, autocast, device)}
+    except Exception as error:  # report it; the eager numbers stand on their own
+        return {"graph_error": f"{type(error).__name__}: {error}"[:300]}
+    times: dict[str, list[float]] = {"batched": [], "loop": []}
+    for graph in graphs.values():  # warm-up replay
+        graph.replay()
+    while min(sum(times["batched"]), sum(times["loop"])) < seconds or len(times["loop"]) < 2:
+        for name, graph in graphs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            graph.replay()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    rates = {name: batch_size * len(t) / sum(t) for name, t in times.items()}
+    for net in (batched, loop):
+        net.zero_grad(set_to_none=True)  # let go of the graphs' gradient tensors
+    del graphs
+    return {"graph_batched_patches_per_s": round(rates["batched"], 2),
+            "graph_loop_patches_per_s": round(rates["loop"], 2),
+            "graph_batched_over_loop": round(rates["batched"] / rates["loop"], 3)}
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -236,6 +308,10 @@ def format_report(result: dict[str, Any]) -> str:
         f"  batched / loop:          {result['batched_over_loop']:.2f}x",
         *([f"  torch.compile'd batched: {result['compiled_patches_per_s']:.1f} patches/s "
            f"(compiled in {result['compile_s']:.0f} s)"] if "compiled_patches_per_s" in result else []),
+        *([f"  CUDA graphs, batched:    {result['graph_batched_patches_per_s']:.1f} patches/s",
+           f"  CUDA graphs, loop:       {result['graph_loop_patches_per_s']:.1f} patches/s "
+           f"({result['graph_batched_over_loop']:.2f}x)"] if "graph_batched_patches_per_s" in result else []),
+        *([f"  CUDA graphs: {result['graph_error']}"] if "graph_error" in result else []),
         (f"inference, {lr_side[0]}x{lr_side[1]} -> {hr_size[0]}x{hr_size[1]}: "
          f"{result['inference_ms']:.1f} ms per image"),
         f"peak memory: {result['peak_memory_mb']:.1f} MiB ({result['peak_memory_kind']})",

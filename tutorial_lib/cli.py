@@ -109,7 +109,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``bench``: :func:`tutorial_lib.bench.run_benchmark` for one or several batch sizes."""
     from .bench import format_report, run_benchmark
     results = [run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels,
-                             batch_size=batch_size, compile=args.compile)
+                             batch_size=batch_size, compile=args.compile, cuda_graph=args.cuda_graph,
+                             layout=args.layout)
                for batch_size in (args.batch_size or [None])]
     if args.json:  # one object for one batch size, a list for several
         print(json.dumps(results[0] if len(results) == 1 else results))
@@ -177,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-size", type=int, nargs="+", default=None,
                     help="patches per step, one or several (default 16 on a CPU, 256 on a GPU)")
     be.add_argument("--compile", action="store_true", help="also time the torch.compile'd mixture (CUDA)")
+    be.add_argument("--cuda-graph", action="store_true",
+                    help="also time both variants captured in CUDA graphs (CUDA)")
+    be.add_argument("--layout", choices=["channels_last", "contiguous"], default=None,
+                    help="memory format (default: channels_last on CUDA, contiguous on the CPU)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
     return parser
