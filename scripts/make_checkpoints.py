@@ -11,14 +11,25 @@ Stages (pick with ``--stages``):
   mixture evaluated with ``mode='hard'``.
 - ``msweep`` (×2): PSNR against the number of experts M (Fig. 3), a shorter budget per M,
   results only: ``x2_msweep.json``.
+  ``--models`` trains only some of the three (``encoder mixture`` or ``single``, e.g. one
+  model per call on a borrowed GPU; a mixture without ``encoder`` starts from the
+  ``x{u}_encoder.pt`` already in ``--out``); each model is evaluated and its sidecar gets its
+  metrics, and the ``results`` stage then writes ``x{u}_results.json``.
 - ``evaluate``: for each scale, evaluate the three checkpoints already in ``--out`` (as the
   main stage does after training) and write their metrics into the sidecars and
   ``x{u}_results.json``; for checkpoints trained elsewhere.
+- ``results``: for each scale, ``x{u}_results.json`` from the metrics already in the three
+  sidecars (no model is run), with bicubic measured here on the same evaluation sets.
 - ``equalsteps``: for each scale, the single network trained for as many *steps* as the
   shipped mixture (the main stage gives it the same *seconds*, in which one network makes
   more steps than four), results only: ``x{u}_single_equal_steps.json``.
 - ``matrix`` (×2): Fig. 1's performance matrix — single networks each trained on one kernel,
   evaluated on every representative kernel: ``x2_matrix.json``.
+
+``--data`` takes a folder of images, a bundled name (``bundled-train``) or an ``.npz`` of Y
+images; ``--pack-data FILE.npz`` writes such a file from ``--data`` and exits. It stores each
+Y as 16 bits (``round(Y * 255 * 256)``, at most 7.7e-6 from the float Y in [0, 1]): T91's
+91 images take 10 MB instead of 16 MB of PNG, for copying to a machine with a size limit.
 
 Examples (T91 from a local folder; README "Checkpoints" lists the exact commands of the
 shipped files): the ``gpu`` set in ``data/checkpoints/`` and the ``cpu`` study in
@@ -42,7 +53,7 @@ import torch
 
 from tutorial_lib import kernels as kernel_lib
 from tutorial_lib import training as T
-from tutorial_lib.checkpoints import _atomic_write, load_checkpoint, sidecar_path
+from tutorial_lib.checkpoints import CheckpointError, _atomic_write, load_checkpoint, sidecar_path
 from tutorial_lib.data import find_local_benchmark, load_folder, load_images
 
 MATRIX_KERNELS = (  # representative seen kernels: narrow/wide, three orientations
@@ -62,13 +73,62 @@ def _write_json(path: Path, payload: dict) -> None:
     _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+Y_STEPS = 255 * 256  # --pack-data: Y in [0, 1] stored as round(Y * Y_STEPS) in 16 bits
+KINDS = ("encoder", "mixture", "single")
+
+
+def load_training_images(source: str) -> tuple[dict[str, np.ndarray], str]:
+    """``{name: Y}`` (float64 in [0, 1]) and a label for the sidecars, from a folder, an
+    ``.npz`` of Y images (16-bit as ``--pack-data`` writes them, or float) or a
+    :func:`tutorial_lib.data.load_images` source."""
+    if source.endswith(".npz"):
+        if not os.path.isfile(source):
+            raise SystemExit(f"error: --data {source!r}: no such file")
+        with np.load(source) as packed:
+            images = {}
+            for name in packed.files:
+                array = packed[name]
+                if array.ndim != 2:
+                    raise SystemExit(f"error: {source}: {name!r} is not a 2-D Y image (shape {array.shape})")
+                if array.dtype == np.uint16:
+                    images[name] = array.astype(np.float64) / Y_STEPS
+                elif np.issubdtype(array.dtype, np.floating):
+                    images[name] = array.astype(np.float64)
+                else:
+                    raise SystemExit(f"error: {source}: {name!r} has dtype {array.dtype} (expected uint16 or float)")
+                if not 0.0 <= images[name].min() <= images[name].max() <= 1.0:
+                    raise SystemExit(f"error: {source}: {name!r} holds values outside [0, 1]")
+        if not images:
+            raise SystemExit(f"error: {source} holds no image")
+        return images, Path(source).stem
+    if os.path.isdir(source):
+        return load_folder(source), Path(source).name
+    return load_images(source), source
+
+
+def pack_images(images: dict[str, np.ndarray], path: Path) -> None:
+    """Write ``images`` as 16-bit Y into ``path`` (``.npz``), atomically."""
+    packed = {name: np.round(np.clip(y, 0.0, 1.0) * Y_STEPS).astype(np.uint16) for name, y in images.items()}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file handle: np.savez would add '.npz' to a name
+            np.savez_compressed(handle, **packed)
+
+    _atomic_write(path, write)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="bundled-train", help="training images (load_images source)")
+    parser.add_argument("--data", default="bundled-train",
+                        help="training images: a folder, a load_images source, or an .npz of Y images")
+    parser.add_argument("--pack-data", default=None, metavar="FILE.npz",
+                        help="write --data as 16-bit Y images into FILE.npz and exit")
+    parser.add_argument("--models", nargs="+", default=list(KINDS), choices=KINDS,
+                        help="main stage: which of the three models to train (default all)")
     parser.add_argument("--budget", default="cpu")
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--stages", nargs="+", default=["main"],
-                        choices=["main", "evaluate", "equalsteps", "ablations", "msweep", "matrix"])
+                        choices=["main", "evaluate", "results", "equalsteps", "ablations", "msweep", "matrix"])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "checkpoints"))
     parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any; 'none': skip)")
     parser.add_argument("--eval-bundled", action="store_true", help="also evaluate on the bundled test images")
@@ -88,11 +148,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    images, data_label = load_training_images(args.data)
+    if args.pack_data:
+        if not args.pack_data.endswith(".npz"):
+            raise SystemExit(f"error: --pack-data {args.pack_data!r} must end with .npz")
+        pack_images(images, Path(args.pack_data))
+        _log(f"wrote {len(images)} images of {data_label} to {args.pack_data}")
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    source = args.data
-    images = load_folder(source) if os.path.isdir(source) else load_images(source)
-    data_label = Path(source).name if os.path.isdir(source) else source
     set5_dir = None if args.set5 == "none" else (args.set5 or find_local_benchmark("Set5"))
     eval_sets = {}
     if set5_dir:
@@ -110,7 +174,10 @@ def main() -> None:
     _log(f"data={data_label} ({len(images)} images) budget={budget.name} threads={torch.get_num_threads()} "
          f"eval={list(eval_sets)}")
 
-    if "main" in args.stages:
+    if "main" in args.stages and set(args.models) != set(KINDS):
+        for scale in args.scales:
+            _train_some(args.models, images, scale, budget, out, eval_sets, data_label, args.note)
+    elif "main" in args.stages:
         for scale in args.scales:
             _log(f"x{scale}: encoder + mixture + single")
             result = T.train_all(images, scale, budget, out, progress=False, eval_images=eval_sets)
@@ -140,6 +207,10 @@ def main() -> None:
                            {stage: sidecars[kind]["steps"] for stage, kind in stages.items()},
                            {stage: sidecars[kind]["wall_time_s"] for stage, kind in stages.items()}, metrics)
             _log(f"x{scale}: {json.dumps(metrics)}")
+
+    if "results" in args.stages:
+        for scale in args.scales:
+            _results_from_sidecars(out, scale, eval_sets, budget, data_label, args.note)
 
     if "equalsteps" in args.stages:
         for scale in args.scales:
@@ -226,6 +297,71 @@ def main() -> None:
                                              "eval_images": "Set5" if "Set5" in eval_sets else "bundled-test",
                                              "eval_crop_side": args.sweep_eval_side or None,
                                              "rows": rows, "reference": extra})
+
+
+def _train_some(models: list[str], images: dict, scale: int, budget, out: Path, eval_sets: dict,
+                data_label: str, note: str | None) -> None:
+    """The main stage for some of the three models: train, save, evaluate each."""
+    _log(f"x{scale}: {' + '.join(models)}")
+    encoder = None
+    trained = {}
+    if "encoder" in models:
+        encoder, history = T.pretrain_encoder(images, scale, budget, progress=False)
+        if budget.recalibrate_bn:
+            T.recalibrate_batchnorm(encoder, list(images.values()), scale)
+        trained["encoder"] = (encoder, T.save_trained(encoder, out / f"x{scale}_encoder.pt", "encoder", history,
+                                                      budget, 0, config={"scale": scale}), history)
+    if "mixture" in models:
+        if encoder is None:
+            encoder, _ = load_checkpoint(out / f"x{scale}_encoder.pt", expected_kind="encoder", scale=scale)
+        mixture, history = T.train_mixture(images, scale, budget, encoder=encoder, progress=False)
+        trained["mixture"] = (mixture, T.save_trained(mixture, out / f"x{scale}_mixture.pt", "mixture", history,
+                                                      budget, 0), history)
+    if "single" in models:
+        single, history = T.train_single(images, scale, budget, progress=False)
+        trained["single"] = (single, T.save_trained(single, out / f"x{scale}_single.pt", "single", history,
+                                                    budget, 0), history)
+    for kind, (model, path, history) in trained.items():
+        if kind == "encoder":
+            metrics = {name: {k: round(v, 4) for k, v in T.encoder_accuracy(model, imgs, scale, max_side=budget.eval_max_side).items()
+                              if k in ("top1", "top3", "top1_distinct")} for name, imgs in eval_sets.items()}
+        else:
+            metrics = {name: T.evaluate_model(model, imgs, scale, max_side=budget.eval_max_side)
+                       for name, imgs in eval_sets.items()}
+        T.update_sidecar_metrics(path, metrics)
+        _set_training_data(path, data_label, note)
+        _log(f"x{scale} {kind}: {history.meta['steps']} steps in {history.meta['wall_time_s']:.0f} s "
+             f"on {history.meta.get('device_name')}: {json.dumps(metrics)}")
+
+
+def _results_from_sidecars(out: Path, scale: int, eval_sets: dict, budget, data_label: str,
+                           note: str | None) -> None:
+    """``x{scale}_results.json`` from the three sidecars' metrics, bicubic measured here."""
+    sidecars = {}
+    for kind in KINDS:
+        try:
+            _, sidecars[kind] = load_checkpoint(out / f"x{scale}_{kind}.pt", expected_kind=kind, scale=scale)
+        except CheckpointError as error:
+            raise SystemExit(f"error: x{scale} results need the {kind} checkpoint: {error}") from error
+    metrics = {kind: sidecars[kind].get("metrics", {}) for kind in KINDS}
+    sets = set(metrics["mixture"])
+    if not sets or any(set(metrics[kind]) != sets for kind in KINDS):
+        raise SystemExit(f"error: x{scale}: the sidecars hold metrics for different evaluation sets "
+                         f"({ {kind: sorted(metrics[kind]) for kind in KINDS} }); evaluate them with "
+                         "--stages evaluate")
+    missing = sets - set(eval_sets)
+    if missing:
+        raise SystemExit(f"error: x{scale}: bicubic needs the evaluation sets {sorted(missing)} here "
+                         "(pass --set5 DIR and/or --eval-bundled)")
+    metrics["bicubic"] = {name: T.evaluate_model("bicubic", eval_sets[name], scale, max_side=budget.eval_max_side)
+                          for name in sorted(sets)}
+    stages = {"pretrain": "encoder", "mixture": "mixture", "single": "single"}
+    _write_results(out, scale, sidecars["mixture"]["budget_settings"], sidecars["mixture"]["training_data"].get(
+                       "source", data_label), note or sidecars["mixture"].get("note"),
+                   sidecars["mixture"].get("device_name"),
+                   {stage: sidecars[kind]["steps"] for stage, kind in stages.items()},
+                   {stage: sidecars[kind]["wall_time_s"] for stage, kind in stages.items()}, metrics)
+    _log(f"x{scale}: results from the sidecars: {json.dumps(metrics)}")
 
 
 def _write_results(out: Path, scale: int, budget: dict, data_label: str, note: str | None,

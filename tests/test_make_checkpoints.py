@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from tutorial_lib.checkpoints import load_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_checkpoints.py"
@@ -50,3 +53,58 @@ def test_main_equal_steps_and_evaluate_stages(tmp_path):
     equal = json.loads((out / "x2_single_equal_steps.json").read_text(encoding="utf-8"))
     assert equal["steps"] == equal["mixture_steps"] == 30
     assert set(equal["metrics"]["bundled-test"]) == {"seen", "unseen"}
+
+
+
+def _main_in_process(monkeypatch, *args: str) -> None:
+    """The script's ``main`` in this process (saves a Python start per call)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_checkpoints", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    module.main()
+
+
+def test_packed_data_and_models_trained_in_separate_calls(tmp_path, monkeypatch):
+    from tutorial_lib.data import load_images
+
+    packed = tmp_path / "train.npz"
+    _main_in_process(monkeypatch, "--data", "bundled-train", "--pack-data", str(packed))
+    originals = load_images("bundled-train")
+    with np.load(packed) as arrays:
+        assert sorted(arrays.files) == sorted(originals)
+        for name, y in originals.items():
+            assert arrays[name].dtype == np.uint16
+            assert np.abs(arrays[name] / (255 * 256) - y).max() <= 0.5 / (255 * 256) + 1e-12
+
+    out = tmp_path / "ck"
+    common = ["--budget", "smoke", "--scales", "2", "--eval-bundled", "--set5", "none", "--out", str(out),
+              "--threads", "2", "--data", str(packed)]
+    _main_in_process(monkeypatch, "--stages", "main", "--models", "encoder", "mixture", "--note", "call 1", *common)
+    assert not (out / "x2_single.pt").exists() and not (out / "x2_results.json").exists()
+    with pytest.raises(SystemExit, match="single"):  # no results without the single network
+        _main_in_process(monkeypatch, "--stages", "results", *common)
+    _main_in_process(monkeypatch, "--stages", "main", "results", "--models", "single", "--note", "call 2", *common)
+    sidecars = {kind: load_checkpoint(out / f"x2_{kind}.pt", expected_kind=kind, scale=2)[1]
+                for kind in ("encoder", "mixture", "single")}
+    assert sidecars["encoder"]["note"] == sidecars["mixture"]["note"] == "call 1"
+    assert sidecars["single"]["note"] == "call 2"
+    assert all(s["training_data"]["source"] == "train" for s in sidecars.values())
+    results = json.loads((out / "x2_results.json").read_text(encoding="utf-8"))
+    assert results["steps"] == {"pretrain": 30, "mixture": 30, "single": 30}
+    for kind in ("encoder", "mixture", "single"):  # copied from the sidecars, not re-measured
+        assert results["metrics"][kind] == sidecars[kind]["metrics"]
+    assert set(results["metrics"]["bicubic"]["bundled-test"]) == {"seen", "unseen"}
+    assert results["note"] == "call 2"
+
+
+def test_packed_data_is_checked(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, a=np.full((8, 8), 2.0))
+    with pytest.raises(SystemExit, match="outside"):
+        _main_in_process(monkeypatch, "--data", str(bad), "--pack-data", str(tmp_path / "x.npz"))
+    with pytest.raises(SystemExit, match="no such file"):
+        _main_in_process(monkeypatch, "--data", str(tmp_path / "missing.npz"), "--stages", "results")
+    assert not (tmp_path / "x.npz").exists()
