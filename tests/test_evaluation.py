@@ -117,3 +117,27 @@ def test_model_method_leaves_the_tf32_setting_as_it_found_it(tf32):
         assert torch.backends.cudnn.allow_tf32 is tf32
     finally:
         torch.backends.cudnn.allow_tf32 = before
+
+
+def test_cli_evaluate_a_mixture_with_q_from_tiles(tmp_path, capsys):
+    from PIL import Image
+
+    from tutorial_lib.checkpoints import save_checkpoint
+    from tutorial_lib.models import BlindSR, ENet, Expert, MixtureOfExperts
+
+    torch.manual_seed(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(images / "noise.png")
+    save_checkpoint(BlindSR(ENet(2), MixtureOfExperts(2, 2, channels=4, n_blocks=1)), tmp_path / "mix.pt")
+    save_checkpoint(Expert(2, channels=4, n_blocks=1), tmp_path / "single.pt")
+    common = ["evaluate", "--images", str(images), "--scale", "2", "--kernels", "unseen_clean", "--json"]
+    assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--posterior-tile", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"].endswith("q from 8x8 tiles") and out["n_kernels"] == 26
+    assert cli.main([*common, "--model", str(tmp_path / "single.pt"), "--posterior-tile", "8"]) == 2
+    assert cli.main([*common, "--posterior-tile", "8"]) == 2  # bicubic
+    assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--posterior-tile", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "Traceback" not in err

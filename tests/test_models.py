@@ -223,6 +223,35 @@ def test_blindsr_modes():
         model(lr, mode="soft")
 
 
+def test_blindsr_posterior_from_tiles():
+    torch.manual_seed(0)
+    enet = ENet(M=3).eval()
+    model = BlindSR(enet, MixtureOfExperts(3, 2, channels=8, n_blocks=1), posterior_tile=8).eval()
+    whole = BlindSR(enet, model.mixture).eval()
+    with torch.no_grad():
+        # an image of one tile (a training patch): the same as the whole image
+        patch = _lr(2, 8, 8)
+        assert torch.allclose(model(patch)["fused"], whole(patch)["fused"])
+        # a larger image: q is the mean of the tiles' posteriors (the 3 leftover columns are not used)
+        lr = _lr(2, 16, 19, seed=1)
+        out = model(lr)
+        tiles = [lr[:, :, r:r + 8, c:c + 8] for r in (0, 8) for c in (0, 8)]
+        expected = torch.stack([torch.softmax(enet(t), dim=1) for t in tiles]).mean(dim=0)
+        assert torch.allclose(out["q"], expected, atol=1e-6)
+        assert torch.allclose(out["q"].sum(dim=1), torch.ones(2), atol=1e-6)
+        assert torch.allclose(torch.softmax(out["scores"], dim=1), out["q"], atol=1e-6)
+        assert torch.allclose(out["fused"], model.mixture(lr, out["q"])["fused"], atol=1e-6)
+        assert not torch.allclose(out["q"], whole(lr)["q"], atol=1e-3)  # pooling over the whole image differs
+        hard = model(lr, mode="hard")["fused"]
+        assert torch.allclose(hard, out["experts"][torch.arange(2), out["q"].argmax(dim=1)], atol=1e-6)
+        # an image smaller than one tile goes through whole
+        small = _lr(1, 6, 12)
+        assert torch.allclose(model(small)["q"], whole(small)["q"])
+    for bad in (0, 4, 8.0, True, "24"):
+        with pytest.raises(ValueError, match="posterior_tile"):
+            BlindSR(enet, model.mixture, posterior_tile=bad)
+
+
 def test_blindsr_with_loop_mixture_matches_batched():
     torch.manual_seed(0)
     experts = [Expert(2, **SMALL) for _ in range(2)]

@@ -47,12 +47,22 @@ def _method_for(args: argparse.Namespace):
     if args.model is None:
         if args.method != "bicubic":
             raise CLIError(f"--method {args.method} needs --model PATH (a trained checkpoint)")
+        if args.posterior_tile is not None:
+            raise CLIError("--posterior-tile needs --model PATH (a mixture checkpoint)")
         return bicubic_method(args.scale), "bicubic"
     from .checkpoints import load_checkpoint
+    from .models import BlindSR
     model, sidecar = load_checkpoint(args.model, scale=args.scale)
     output = {"bicubic": "fused", "model": "fused"}.get(args.method, args.method)
+    label = f"{sidecar.get('kind', 'model')}:{Path(args.model).name}:{output}"
+    if args.posterior_tile is not None:
+        if not isinstance(model, BlindSR):
+            raise CLIError(f"--posterior-tile is for a mixture; {args.model} is a {sidecar.get('kind')} network")
+        from .models import _check_tile
+        model.posterior_tile = _check_tile(args.posterior_tile)
+        label += f":q from {args.posterior_tile}x{args.posterior_tile} tiles"
     method = model_method(model, args.scale, output=output)
-    return method, f"{sidecar.get('kind', 'model')}:{Path(args.model).name}:{output}"
+    return method, label
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -147,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", default="bicubic",
                     help="bicubic; with --model: fused (Eq. 10, default), hard or average")
     ev.add_argument("--model", default=None, help="a checkpoint (.pt) of a mixture or single network")
+    ev.add_argument("--posterior-tile", type=int, default=None, metavar="P",
+                    help="mixture only: q from E-Net on P x P tiles of the LR image, averaged "
+                         "(default: E-Net on the whole image, as the paper)")
     ev.add_argument("--ssim", choices=["skimage", "matlab"], default="skimage",
                     help="SSIM variant: the paper's (scikit-image defaults) or MATLAB-style")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
