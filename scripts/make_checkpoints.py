@@ -20,6 +20,10 @@ Stages (pick with ``--stages``):
   ``x{u}_results.json``; for checkpoints trained elsewhere.
 - ``results``: for each scale, ``x{u}_results.json`` from the metrics already in the three
   sidecars (no model is run), with bicubic measured here on the same evaluation sets.
+- ``fusions``: for each scale, the mixture in ``--out`` with its experts combined four ways
+  (:func:`tutorial_lib.training.evaluate_fusions`: ``q`` from the whole image, ``q`` from
+  ``--posterior-tile`` tiles, the plain average, the oracle expert):
+  ``x{u}_mixture_fusions.json``.
 - ``equalsteps``: for each scale, the single network trained for as many *steps* as the
   shipped mixture (the main stage gives it the same *seconds*, in which one network makes
   more steps than four), results only: ``x{u}_single_equal_steps.json``.
@@ -53,7 +57,12 @@ import torch
 
 from tutorial_lib import kernels as kernel_lib
 from tutorial_lib import training as T
-from tutorial_lib.checkpoints import CheckpointError, _atomic_write, load_checkpoint, sidecar_path
+from tutorial_lib.checkpoints import (
+    CheckpointError,
+    _atomic_write,
+    load_checkpoint,
+    sidecar_path,
+)
 from tutorial_lib.data import find_local_benchmark, load_folder, load_images
 
 MATRIX_KERNELS = (  # representative seen kernels: narrow/wide, three orientations
@@ -128,12 +137,15 @@ def main() -> None:
     parser.add_argument("--budget", default="cpu")
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--stages", nargs="+", default=["main"],
-                        choices=["main", "evaluate", "results", "equalsteps", "ablations", "msweep", "matrix"])
+                        choices=["main", "evaluate", "results", "fusions", "equalsteps", "ablations", "msweep",
+                                 "matrix"])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "checkpoints"))
     parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any; 'none': skip)")
     parser.add_argument("--eval-bundled", action="store_true", help="also evaluate on the bundled test images")
     parser.add_argument("--ablations", nargs="+", default=["average", "uniform", "hard"],
                         choices=["average", "uniform", "hard"], help="which ablations to train")
+    parser.add_argument("--posterior-tile", type=int, default=24,
+                        help="fusions stage: side of the LR tiles E-Net's q is averaged over (default 24)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--pretrain-seconds", type=float, default=None, help="override the budget's E-Net seconds")
     parser.add_argument("--joint-seconds", type=float, default=None,
@@ -211,6 +223,23 @@ def main() -> None:
     if "results" in args.stages:
         for scale in args.scales:
             _results_from_sidecars(out, scale, eval_sets, budget, data_label, args.note)
+
+    if "fusions" in args.stages:
+        for scale in args.scales:
+            path = out / f"x{scale}_mixture.pt"
+            model, sidecar = load_checkpoint(path, expected_kind="mixture", scale=scale)
+            _log(f"x{scale}: the mixture's experts combined four ways (q from {args.posterior_tile}x"
+                 f"{args.posterior_tile} tiles)")
+            start = time.time()
+            metrics = {name: T.evaluate_fusions(model, imgs, scale, posterior_tile=args.posterior_tile,
+                                                max_side=budget.eval_max_side)
+                       for name, imgs in eval_sets.items()}
+            _write_json(out / f"x{scale}_mixture_fusions.json", {
+                "scale": scale, "model": path.name, "sha256": sidecar["sha256"],
+                "posterior_tile": args.posterior_tile, "note": args.note or sidecar.get("note"),
+                "evaluated_on": str(next(model.parameters()).device), "seconds": round(time.time() - start, 1),
+                "metrics": metrics})
+            _log(f"x{scale} fusions: {json.dumps(metrics)}")
 
     if "equalsteps" in args.stages:
         for scale in args.scales:

@@ -99,6 +99,15 @@ def test_packed_data_and_models_trained_in_separate_calls(tmp_path, monkeypatch)
     assert set(results["metrics"]["bicubic"]["bundled-test"]) == {"seen", "unseen"}
     assert results["note"] == "call 2"
 
+    _main_in_process(monkeypatch, "--stages", "fusions", "--posterior-tile", "12", *common)
+    fusions = json.loads((out / "x2_mixture_fusions.json").read_text(encoding="utf-8"))
+    assert fusions["posterior_tile"] == 12 and fusions["sha256"] == sidecars["mixture"]["sha256"]
+    unseen = fusions["metrics"]["bundled-test"]["unseen"]
+    assert set(unseen) == {"whole", "tiles", "average", "oracle", "experts"}
+    # q from the whole image is the paper's fusion, which the sidecar measured
+    assert unseen["whole"]["psnr"] == pytest.approx(sidecars["mixture"]["metrics"]["bundled-test"]["unseen"]["psnr"],
+                                                    abs=2e-3)
+
 
 def test_packed_data_is_checked(tmp_path, monkeypatch):
     bad = tmp_path / "bad.npz"

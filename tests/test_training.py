@@ -3,6 +3,7 @@ smoke budget, determinism, loss decrease on a fixed batch, gradient clipping, ac
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -331,5 +332,27 @@ def test_evaluate_model_modes_and_bicubic(tiny_images, encoder, test_images):
     hard = training.evaluate_model(model, test_images, SCALE, kernels=("unseen",), output="hard")
     assert own == fused and set(hard["unseen"]) == {"psnr", "ssim"}
     assert model.mode == "fused"  # evaluating another mode leaves the model as it was
+    tiled = training.evaluate_model(model, test_images, SCALE, kernels=("unseen",), posterior_tile=QUICK.lr_patch)
+    assert set(tiled["unseen"]) == {"psnr", "ssim"} and model.posterior_tile is None
+    with pytest.raises(ValueError, match="mixture"):
+        training.evaluate_model("bicubic", test_images, SCALE, posterior_tile=12)
     bicubic = training.evaluate_model("bicubic", test_images, SCALE, kernels=("seen", "unseen"), max_side=32)
     assert set(bicubic) == {"seen", "unseen"} and 15 < bicubic["seen"]["psnr"] < 50
+
+
+def test_evaluate_fusions_agrees_with_evaluate_model(tiny_images, encoder, test_images):
+    model, _ = train_mixture(tiny_images, SCALE, with_overrides(QUICK, joint_steps=2), encoder=encoder[0],
+                             progress=False)
+    images = {name: img for name, img in list(test_images.items())[:2]}
+    fusions = training.evaluate_fusions(model, images, SCALE, kernels=("unseen",), posterior_tile=12, max_side=48)
+    result = fusions["unseen"]
+    # the paper's fusion is what evaluate_model measures; the others as their own modes
+    for name, kwargs in (("whole", {}), ("tiles", {"posterior_tile": 12}), ("average", {"output": "average"})):
+        own = training.evaluate_model(model, images, SCALE, kernels=("unseen",), max_side=48, **kwargs)["unseen"]
+        assert result[name]["psnr"] == pytest.approx(own["psnr"], abs=2e-3), name
+        assert result[name]["ssim"] == pytest.approx(own["ssim"], abs=2e-5), name
+    assert len(result["experts"]) == model.mixture.M
+    assert result["oracle"]["psnr"] >= max(result["experts"]) - 1e-9  # the best expert per case
+    assert model.posterior_tile is None
+    with pytest.raises(ValueError, match="mixture"):
+        training.evaluate_fusions(copy.deepcopy(model).mixture, images, SCALE)

@@ -141,6 +141,7 @@ from .models import (
     Expert,
     KernelClassifier,
     MixtureOfExperts,
+    _check_tile,
 )
 from .objectives import (
     average_ensemble_loss,
@@ -155,6 +156,7 @@ __all__ = [
     "Budget",
     "TrainingHistory",
     "encoder_accuracy",
+    "evaluate_fusions",
     "evaluate_model",
     "evaluate_trained",
     "get_training_budget",
@@ -1116,14 +1118,22 @@ def evaluate_model(
     kernels: Sequence[str] = ("seen", "unseen"),
     max_side: int | None = None,
     output: str | None = None,
+    posterior_tile: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """PSNR/SSIM (paper protocol, :func:`tutorial_lib.evaluation.evaluate`) of a trained
     model, or of ``'bicubic'``, for each kernel group: ``{group: {"psnr", "ssim"}}``.
 
     ``output``: for a :class:`BlindSR`, the fusion mode to evaluate (``'fused'`` Eq. 10,
-    ``'hard'``, ``'average'``); ``None`` uses the model's own ``mode``. ``max_side``
+    ``'hard'``, ``'average'``); ``None`` uses the model's own ``mode``. ``posterior_tile``:
+    for a :class:`BlindSR`, E-Net's ``q`` from tiles of this side (see :class:`BlindSR`;
+    ``None`` keeps the model's own setting, by default the whole image). ``max_side``
     centre-crops the images first (for quick checks; ``None`` = whole images).
     """
+    if posterior_tile is not None:
+        if not isinstance(model, BlindSR):
+            raise ValueError("posterior_tile is for a mixture (BlindSR)")
+        model = copy.copy(model)  # a shallow copy shares the weights; the caller's setting stays
+        model.posterior_tile = _check_tile(posterior_tile)
     from .evaluation import evaluate, model_method
 
     if max_side is not None:
@@ -1140,6 +1150,80 @@ def evaluate_model(
     for group in kernels:
         result = evaluate(images, scale, kernels=group, method=method)
         results[group] = {"psnr": round(result.psnr, 4), "ssim": round(result.ssim, 5)}
+    return results
+
+
+FUSIONS = ("whole", "tiles", "average")
+
+
+@torch.no_grad()
+def evaluate_fusions(
+    model: BlindSR,
+    images: Mapping[str, np.ndarray],
+    scale: int,
+    kernels: Sequence[str] = ("seen", "unseen"),
+    posterior_tile: int = 24,
+    max_side: int | None = None,
+    batch_size: int = 4,
+) -> dict[str, dict[str, Any]]:
+    """One mixture, its experts combined four ways, from one pass of the experts per image x
+    kernel (paper protocol: Y, 8-bit, shave ``scale``; averaged over every image x kernel).
+
+    - ``whole``: Eq. (10) with ``q`` from E-Net on the whole LR image (the paper; the same
+      numbers as :func:`evaluate_model`);
+    - ``tiles``: Eq. (10) with ``q`` the mean posterior of the ``posterior_tile`` tiles (see
+      :class:`~tutorial_lib.models.BlindSR`);
+    - ``average``: the plain mean of the experts (no E-Net: an ensemble);
+    - ``oracle`` (PSNR only): the best single expert for each image x kernel, chosen with the
+      ground truth, an upper bound for any choice of one expert; ``experts``: each expert's
+      own PSNR.
+
+    Returns ``{group: {"whole": {"psnr", "ssim"}, "tiles": ..., "average": ...,
+    "oracle": {"psnr"}, "experts": [psnr per expert]}}``.
+    """
+    from .metrics import psnr_y, ssim_y
+
+    if not isinstance(model, BlindSR) or model.enet is None:
+        raise ValueError("evaluate_fusions needs a mixture with its E-Net (BlindSR)")
+    tiled = copy.copy(model)  # shares the weights
+    tiled.posterior_tile = _check_tile(posterior_tile)
+    device = next(model.parameters()).device
+    model.eval()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # full float32, as model_method
+    try:
+        results: dict[str, dict[str, Any]] = {}
+        for group in kernels:
+            kernel_array = kernel_lib.kernel_set(group)
+            psnr: dict[str, list[np.ndarray]] = {name: [] for name in (*FUSIONS, "oracle")}
+            ssim: dict[str, list[np.ndarray]] = {name: [] for name in FUSIONS}
+            expert_psnr: list[np.ndarray] = []
+            for hr in images.values():
+                hr = _centre_crop(modcrop(np.asarray(hr, dtype=np.float64), scale), max_side, scale)
+                lr_all = degrade_with_kernels(hr, kernel_array, scale)
+                for start in range(0, len(kernel_array), batch_size):
+                    lr = lr_all[start:start + batch_size].to(device=device, dtype=torch.float32)
+                    base = bicubic_upsample(lr, scale)
+                    uniform = torch.full((lr.shape[0], model.mixture.M), 1.0 / model.mixture.M, device=device)
+                    experts = model.mixture(lr, uniform, base)["experts"][:, :, 0].double()  # (b, M, H, W)
+                    weights = {"whole": model._posterior(lr)[1].double(), "tiles": tiled._posterior(lr)[1].double(),
+                               "average": uniform.double()}
+                    reference = np.broadcast_to(hr, (lr.shape[0], *hr.shape))
+                    for name, q in weights.items():
+                        fused = torch.einsum("bm,bmhw->bhw", q, experts).cpu().numpy()
+                        psnr[name].append(psnr_y(reference, fused, shave_border=scale))
+                        ssim[name].append(ssim_y(reference, fused, shave_border=scale))
+                    each = np.stack([psnr_y(reference, experts[:, z].cpu().numpy(), shave_border=scale)
+                                     for z in range(experts.shape[1])], axis=1)  # (b, M)
+                    expert_psnr.append(each)
+                    psnr["oracle"].append(each.max(axis=1))
+            results[group] = {name: {"psnr": round(float(np.concatenate(psnr[name]).mean()), 4),
+                                     "ssim": round(float(np.concatenate(ssim[name]).mean()), 5)}
+                              for name in FUSIONS}
+            results[group]["oracle"] = {"psnr": round(float(np.concatenate(psnr["oracle"]).mean()), 4)}
+            results[group]["experts"] = [round(float(v), 4) for v in np.concatenate(expert_psnr).mean(axis=0)]
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     return results
 
 
