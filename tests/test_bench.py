@@ -64,3 +64,15 @@ def test_cli_bench_sweeps_batch_sizes(capsys):
     results = json.loads(capsys.readouterr().out)
     assert [r["batch_size"] for r in results] == [2, 3]
     assert all(r["batched_patches_per_s"] > 0 and r["loop_patches_per_s"] > 0 for r in results)
+
+
+def test_report_shows_the_cuda_extras():
+    result = run_benchmark(device="cpu", seconds=0.05, channels=4, n_blocks=1, batch_size=2, lr_patch=8,
+                           image_side=16, inference_runs=1)
+    result.update(compile_s=3.0, compiled_patches_per_s=12.5, graph_batched_patches_per_s=20.0,
+                  graph_loop_patches_per_s=10.0, graph_batched_over_loop=2.0)
+    report = format_report(result)
+    assert "torch.compile'd batched: 12.5 patches/s" in report
+    assert "CUDA graphs, batched:    20.0 patches/s" in report and "(2.00x)" in report
+    result = {k: v for k, v in result.items() if not k.startswith("graph_")} | {"graph_error": "RuntimeError: x"}
+    assert "CUDA graphs: RuntimeError: x" in format_report(result)
