@@ -236,7 +236,7 @@ def main() -> None:
                        for name, imgs in eval_sets.items()}
             _write_json(out / f"x{scale}_mixture_fusions.json", {
                 "scale": scale, "model": path.name, "sha256": sidecar["sha256"],
-                "posterior_tile": args.posterior_tile, "note": args.note or sidecar.get("note"),
+                "posterior_tile": args.posterior_tile, "note": args.note, "training_note": sidecar.get("note"),
                 "evaluated_on": str(next(model.parameters()).device), "seconds": round(time.time() - start, 1),
                 "metrics": metrics})
             _log(f"x{scale} fusions: {json.dumps(metrics)}")
