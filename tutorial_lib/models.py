@@ -563,7 +563,7 @@ class BlindSR(nn.Module):
     E-Net is trained on small patches only; on whole images its pooled features (and its
     BatchNorm statistics) are not what it was trained on. Measured on Set5 x2, unseen kernels:
     the shipped ``gpu``-budget mixture gives 34.75 dB with the whole image and 34.93 dB with
-    24 x 24 tiles; a longer run (E-Net 60 s, mixture 240 s) 34.28 dB and 35.07 dB (README,
+    24 x 24 tiles; a longer run (E-Net 60 s, mixture 240 s) 34.27 dB and 35.07 dB (README,
     notebook 04).
     """
 

@@ -62,6 +62,12 @@ x2): 7.8 k E-Net steps (whole-image top-1 on Set5 x 29 seen kernels 24.8 %, top-
 network 35.39 / 34.82 dB (the same 35.39 / 34.83 dB when it trains for the mixture's
 13.9 k steps only). ``python -m tutorial_lib bench`` on the same card: 23.7 k patches/s for
 the batched mixture alone (forward and backward, batch 256), 2.9 ms for a 512 x 512 output.
+A longer run on one NVIDIA H100 (E-Net 60 s, then 240 s for the mixture and 240 s for the
+single network, x2, T91; ``data/checkpoints/h100_240s/``): 15.3 k E-Net steps (whole-image
+top-1 37.2 %, top-3 75.9 %), 27.2 k mixture steps, 51.4 k single-network steps; Set5 x2
+seen / unseen: mixture 35.32 / 34.27 dB, single network 35.41 / 34.84 dB. With ``q`` from
+E-Net on 24 x 24 tiles instead of the whole image (:class:`~tutorial_lib.models.BlindSR`,
+``posterior_tile``) the same mixture gives 35.75 / 35.07 dB (README, *Checkpoints*).
 
 E-Net and BatchNorm: E-Net is trained on patches (BatchNorm normalises with batch
 statistics and keeps running averages) but applied to whole images. :func:`encoder_accuracy`
@@ -94,8 +100,10 @@ under bfloat16 autocast with channels-last tensors, and ``compile=True`` wraps t
 ``torch.compile``; on the CPU none of that is used. On both, the optimisers use PyTorch's
 fused kernels where they exist, and on a GPU the gradient maximum logged as ``grad_max`` is
 one multi-tensor kernel: fewer launches per step, for the small per-step work that limits
-GPU training at batch 64 (measured on the CPU only so far; the H200 figures above predate
-both). On the CPU (Linux with glibc) importing ``tutorial_lib`` applies
+GPU training at batch 64. The H200 figures above predate both; the H100 run used them
+(113 mixture steps/s against 93 on the H200, but on another card, so not a measurement of
+their effect alone). ``torch.compile`` is not used by the budgets: on the H100 it sped up
+the batched mixture's forward and backward by 8 % at batch 64 (README, *Speed*). On the CPU (Linux with glibc) importing ``tutorial_lib`` applies
 :func:`tutorial_lib.config.tune_cpu_allocator`, which keeps freed activation memory in the
 process instead of handing it back to the kernel after every step (measured: system time down
 from 4-8 s to 0.2 s per 30 s of mixture training, steps up by a few per cent, within the
