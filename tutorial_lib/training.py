@@ -103,7 +103,8 @@ one multi-tensor kernel: fewer launches per step, for the small per-step work th
 GPU training at batch 64. The H200 figures above predate both; the H100 run used them
 (113 mixture steps/s against 93 on the H200, but on another card, so not a measurement of
 their effect alone). ``torch.compile`` is not used by the budgets: on the H100 it sped up
-the batched mixture's forward and backward by 8 % at batch 64 (README, *Speed*). On the CPU (Linux with glibc) importing ``tutorial_lib`` applies
+the batched mixture's forward and backward by 8 % at batch 64 (README, *Speed*). On the
+CPU (Linux with glibc) importing ``tutorial_lib`` applies
 :func:`tutorial_lib.config.tune_cpu_allocator`, which keeps freed activation memory in the
 process instead of handing it back to the kernel after every step (measured: system time down
 from 4-8 s to 0.2 s per 30 s of mixture training, steps up by a few per cent, within the
