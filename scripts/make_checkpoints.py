@@ -5,16 +5,16 @@ Stages (pick with ``--stages``):
 - ``main``: for each scale, pre-train E-Net, train the M = 4 mixture (Eq. 12) and the
   single-network baseline with the same budget, save ``x{u}_{encoder,mixture,single}.pt``
   and evaluate them (bicubic beside them) on the evaluation sets.
+  ``--models`` trains only some of the three (``encoder mixture`` or ``single``, e.g. one
+  model per call on a borrowed GPU; a mixture without ``encoder`` starts from the
+  ``x{u}_encoder.pt`` already in ``--out``); each model is evaluated and its sidecar gets its
+  metrics, and the ``results`` stage then writes ``x{u}_results.json``.
 - ``ablations`` (×2): the variants of Table 3 trained with the mixture's budget, reusing the
   ×2 pre-trained E-Net: ``x2_average.pt``, ``x2_uniform.pt`` (without pre-training),
   ``x2_hard.pt`` (hard selection with training). "Hard selection" without training is the
   mixture evaluated with ``mode='hard'``.
 - ``msweep`` (×2): PSNR against the number of experts M (Fig. 3), a shorter budget per M,
   results only: ``x2_msweep.json``.
-  ``--models`` trains only some of the three (``encoder mixture`` or ``single``, e.g. one
-  model per call on a borrowed GPU; a mixture without ``encoder`` starts from the
-  ``x{u}_encoder.pt`` already in ``--out``); each model is evaluated and its sidecar gets its
-  metrics, and the ``results`` stage then writes ``x{u}_results.json``.
 - ``evaluate``: for each scale, evaluate the three checkpoints already in ``--out`` (as the
   main stage does after training) and write their metrics into the sidecars and
   ``x{u}_results.json``; for checkpoints trained elsewhere.
@@ -352,8 +352,10 @@ def _train_some(models: list[str], images: dict, scale: int, budget, out: Path, 
                                                     budget, 0), history)
     for kind, (model, path, history) in trained.items():
         if kind == "encoder":
-            metrics = {name: {k: round(v, 4) for k, v in T.encoder_accuracy(model, imgs, scale, max_side=budget.eval_max_side).items()
-                              if k in ("top1", "top3", "top1_distinct")} for name, imgs in eval_sets.items()}
+            metrics = {}
+            for name, imgs in eval_sets.items():
+                accuracy = T.encoder_accuracy(model, imgs, scale, max_side=budget.eval_max_side)
+                metrics[name] = {k: round(accuracy[k], 4) for k in ("top1", "top3", "top1_distinct")}
         else:
             metrics = {name: T.evaluate_model(model, imgs, scale, max_side=budget.eval_max_side)
                        for name, imgs in eval_sets.items()}

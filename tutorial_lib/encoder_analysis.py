@@ -30,6 +30,7 @@ from torch import nn
 
 from . import kernels as kernel_lib
 from .degradations import degrade_with_kernels, modcrop
+from .models import _tiles
 
 __all__ = [
     "accuracy_from_probabilities",
@@ -146,12 +147,10 @@ def tile_patches(lr: torch.Tensor, patch: int) -> torch.Tensor:
     right and bottom is dropped): (B, 1, h, w) -> (B, n_tiles, 1, patch, patch)."""
     if lr.ndim != 4 or lr.shape[1] != 1:
         raise ValueError(f"lr must have shape (B, 1, h, w), got {tuple(lr.shape)}")
-    b, _, h, w = lr.shape
+    h, w = lr.shape[-2:]
     if patch < 1 or patch > min(h, w):
         raise ValueError(f"patch must lie in [1, {min(h, w)}] for LR images of {h}x{w}, got {patch}")
-    rows, cols = h // patch, w // patch
-    tiles = lr[:, :, :rows * patch, :cols * patch].reshape(b, 1, rows, patch, cols, patch)
-    return tiles.permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, 1, patch, patch)
+    return _tiles(lr, patch)
 
 
 @torch.no_grad()
