@@ -135,6 +135,7 @@ def test_pretrain_encoder_returns_classifier_and_history(encoder):
     assert history.meta["stopped_by"] == "steps" and history.meta["steps"] == QUICK.pretrain_steps
     assert history["lr"][0] > history["lr"][-1]  # the schedule decays
     assert history.meta["cpu_allocator"]  # CPU training records whether malloc was tuned
+    assert isinstance(history.meta["fused_optimizer"], bool)  # and whether the optimiser step was fused
 
 
 @pytest.mark.parametrize(

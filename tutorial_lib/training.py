@@ -98,9 +98,10 @@ budget's width and depth.
 On a GPU (``device.type == 'cuda'``) patches are sampled on the GPU, the forward pass runs
 under bfloat16 autocast with channels-last tensors, and ``compile=True`` wraps the model in
 ``torch.compile``; on the CPU none of that is used. On both, the optimisers use PyTorch's
-fused kernels where they exist, and on a GPU the gradient maximum logged as ``grad_max`` is
-one multi-tensor kernel: fewer launches per step, for the small per-step work that limits
-GPU training at batch 64. The H200 figures above predate both; the H100 run used them
+fused kernels where they exist (histories and sidecars say whether as ``fused_optimizer``),
+and on a GPU the gradient maximum logged as ``grad_max`` is one multi-tensor kernel: fewer
+launches per step, for the small per-step work that limits GPU training at batch 64. The
+H200 figures above predate both; the H100 run ran with them, where PyTorch has them
 (113 mixture steps/s against 93 on the H200, but on another card, so not a measurement of
 their effect alone). ``torch.compile`` is not used by the budgets: on the H100 it sped up
 the batched mixture's forward and backward by 8 % at batch 64 (README, *Speed*). On the
@@ -563,6 +564,8 @@ def _train_loop(
                         device_name=device_name(device))
     if allocator is not None:
         history.meta["cpu_allocator"] = allocator["reason"]
+    # whether PyTorch took its fused optimiser kernels (_make_optimizer falls back where there are none)
+    history.meta["fused_optimizer"] = all(bool(o.defaults.get("fused")) for o in optimizers)
     history.optimizer_state = _optimizer_payload(optimizers)
     return history
 
@@ -1245,6 +1248,7 @@ def _checkpoint_metadata(history: TrainingHistory, budget: Budget, seed: int, ex
         "device": meta.get("device"),
         "device_name": meta.get("device_name"),
         **({"cpu_allocator": meta["cpu_allocator"]} if "cpu_allocator" in meta else {}),
+        **({"fused_optimizer": meta["fused_optimizer"]} if "fused_optimizer" in meta else {}),
         "steps": meta.get("steps"),
         "wall_time_s": round(float(meta.get("wall_time_s", 0.0)), 2),
         "stopped_by": meta.get("stopped_by"),
