@@ -52,6 +52,7 @@ def test_layout_is_checked_and_channels_last_runs_on_the_cpu():
     result = run_benchmark(device="cpu", seconds=0.05, channels=4, n_blocks=1, batch_size=2, lr_patch=8,
                            image_side=16, inference_runs=1, layout="channels_last")
     assert result["batched_patches_per_s"] > 0 and result["inference_hr_size"] == [32, 32]
+    assert result["precision"] == "float32, channels_last"
 
 
 def test_cli_bench_sweeps_batch_sizes(capsys):

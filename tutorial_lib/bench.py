@@ -222,7 +222,7 @@ def run_benchmark(
         "batch_size": batch_size,
         "channels": channels,
         "n_blocks": n_blocks,
-        "precision": f"bfloat16 autocast, {layout}" if cuda else "float32",
+        "precision": f"bfloat16 autocast, {layout}" if cuda else f"float32, {layout}",
         **({} if cuda else {"cpu_allocator": allocator}),
         "parameters": parameters,
         "batched_patches_per_s": round(batched_rate, 2),
