@@ -213,11 +213,7 @@ def main() -> None:
             for kind, path in paths.items():
                 T.update_sidecar_metrics(path, metrics[kind])
                 _set_training_data(path, data_label, args.note)
-            stages = {"pretrain": "encoder", "mixture": "mixture", "single": "single"}
-            _write_results(out, scale, sidecars["mixture"]["budget_settings"], data_label, args.note,
-                           sidecars["mixture"].get("device_name"),
-                           {stage: sidecars[kind]["steps"] for stage, kind in stages.items()},
-                           {stage: sidecars[kind]["wall_time_s"] for stage, kind in stages.items()}, metrics)
+            _write_results_of(out, scale, sidecars, data_label, args.note, metrics)
             _log(f"x{scale}: {json.dumps(metrics)}")
 
     if "results" in args.stages:
@@ -352,10 +348,8 @@ def _train_some(models: list[str], images: dict, scale: int, budget, out: Path, 
                                                     budget, 0), history)
     for kind, (model, path, history) in trained.items():
         if kind == "encoder":
-            metrics = {}
-            for name, imgs in eval_sets.items():
-                accuracy = T.encoder_accuracy(model, imgs, scale, max_side=budget.eval_max_side)
-                metrics[name] = {k: round(accuracy[k], 4) for k in ("top1", "top3", "top1_distinct")}
+            metrics = {name: T.encoder_metrics(model, imgs, scale, max_side=budget.eval_max_side)
+                       for name, imgs in eval_sets.items()}
         else:
             metrics = {name: T.evaluate_model(model, imgs, scale, max_side=budget.eval_max_side)
                        for name, imgs in eval_sets.items()}
@@ -386,12 +380,8 @@ def _results_from_sidecars(out: Path, scale: int, eval_sets: dict, budget, data_
                          "(pass --set5 DIR and/or --eval-bundled)")
     metrics["bicubic"] = {name: T.evaluate_model("bicubic", eval_sets[name], scale, max_side=budget.eval_max_side)
                           for name in sorted(sets)}
-    stages = {"pretrain": "encoder", "mixture": "mixture", "single": "single"}
-    _write_results(out, scale, sidecars["mixture"]["budget_settings"], sidecars["mixture"]["training_data"].get(
-                       "source", data_label), note or sidecars["mixture"].get("note"),
-                   sidecars["mixture"].get("device_name"),
-                   {stage: sidecars[kind]["steps"] for stage, kind in stages.items()},
-                   {stage: sidecars[kind]["wall_time_s"] for stage, kind in stages.items()}, metrics)
+    _write_results_of(out, scale, sidecars, sidecars["mixture"]["training_data"].get("source", data_label),
+                      note or sidecars["mixture"].get("note"), metrics)
     _log(f"x{scale}: results from the sidecars: {json.dumps(metrics)}")
 
 
@@ -402,6 +392,17 @@ def _write_results(out: Path, scale: int, budget: dict, data_label: str, note: s
     _write_json(out / f"x{scale}_results.json", {
         "scale": scale, "budget": budget, "data": data_label, "note": note, "device_name": device_name,
         "steps": steps, "wall_time_s": wall_time_s, "metrics": metrics})
+
+
+def _write_results_of(out: Path, scale: int, sidecars: dict, data_label: str, note: str | None,
+                      metrics: dict) -> None:
+    """:func:`_write_results` for checkpoints on disk: budget, device, steps and wall times from
+    their sidecars (``{kind: sidecar}`` for encoder, mixture and single)."""
+    stages = {"pretrain": "encoder", "mixture": "mixture", "single": "single"}
+    _write_results(out, scale, sidecars["mixture"]["budget_settings"], data_label, note,
+                   sidecars["mixture"].get("device_name"),
+                   {stage: sidecars[kind]["steps"] for stage, kind in stages.items()},
+                   {stage: sidecars[kind]["wall_time_s"] for stage, kind in stages.items()}, metrics)
 
 
 def _psnr_on(model, images, kernel) -> float:

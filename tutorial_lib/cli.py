@@ -51,14 +51,13 @@ def _method_for(args: argparse.Namespace):
             raise CLIError("--posterior-tile needs --model PATH (a mixture checkpoint)")
         return bicubic_method(args.scale), "bicubic"
     from .checkpoints import load_checkpoint
-    from .models import BlindSR
+    from .models import BlindSR, _check_tile
     model, sidecar = load_checkpoint(args.model, scale=args.scale)
     output = {"bicubic": "fused", "model": "fused"}.get(args.method, args.method)
     label = f"{sidecar.get('kind', 'model')}:{Path(args.model).name}:{output}"
     if args.posterior_tile is not None:
         if not isinstance(model, BlindSR):
             raise CLIError(f"--posterior-tile is for a mixture; {args.model} is a {sidecar.get('kind')} network")
-        from .models import _check_tile
         model.posterior_tile = _check_tile(args.posterior_tile)
         label += f":q from {args.posterior_tile}x{args.posterior_tile} tiles"
     method = model_method(model, args.scale, output=output)

@@ -166,6 +166,7 @@ __all__ = [
     "Budget",
     "TrainingHistory",
     "encoder_accuracy",
+    "encoder_metrics",
     "evaluate_fusions",
     "evaluate_model",
     "evaluate_trained",
@@ -1290,6 +1291,14 @@ def update_sidecar_metrics(path: Path, metrics: Mapping[str, Any]) -> None:
     _atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def encoder_metrics(encoder: nn.Module, images: Mapping[str, np.ndarray], scale: int,
+                    max_side: int | None = None) -> dict[str, float]:
+    """The whole-image kernel accuracies a sidecar keeps for an encoder: ``top1``, ``top3`` and
+    ``top1_distinct`` of :func:`encoder_accuracy` over the seen kernels, rounded to 4 digits."""
+    accuracy = encoder_accuracy(encoder, images, scale, max_side=max_side)
+    return {k: round(accuracy[k], 4) for k in ("top1", "top3", "top1_distinct")}
+
+
 def evaluate_trained(
     encoder: nn.Module,
     mixture: nn.Module,
@@ -1306,8 +1315,7 @@ def evaluate_trained(
     "bicubic": ...}``."""
     metrics: dict[str, Any] = {"encoder": {}, "mixture": {}, "single": {}, "bicubic": {}}
     for set_name, set_images in eval_images.items():
-        acc = encoder_accuracy(encoder, set_images, scale, max_side=max_side)
-        metrics["encoder"][set_name] = {k: round(acc[k], 4) for k in ("top1", "top3", "top1_distinct")}
+        metrics["encoder"][set_name] = encoder_metrics(encoder, set_images, scale, max_side=max_side)
         for key, model in (("bicubic", "bicubic"), ("mixture", mixture), ("single", single)):
             metrics[key][set_name] = evaluate_model(model, set_images, scale, eval_kernels, max_side)
     return metrics
@@ -1413,8 +1421,7 @@ def train_from_cli(
         model, history = pretrain_encoder(images, scale, budget_obj, M=M, seed=seed, device=device,
                                           progress=show, resume_from=resume)
         path = save_trained(model, out / f"x{scale}_encoder.pt", "encoder", history, budget_obj, seed, config={"scale": scale})
-        metrics = {name: {k: round(v, 4) for k, v in encoder_accuracy(model, imgs, scale).items()
-                          if k in ("top1", "top3", "top1_distinct")} for name, imgs in (eval_sets or {}).items()}
+        metrics = {name: encoder_metrics(model, imgs, scale) for name, imgs in (eval_sets or {}).items()}
     else:
         if variant == "single":
             model, history = train_single(images, scale, budget_obj, seed=seed, device=device, progress=show,
