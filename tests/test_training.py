@@ -168,6 +168,39 @@ def test_pretrained_prior_and_initialisation_come_from_the_encoder(tiny_images, 
     assert history["kl"][0] >= 0
 
 
+def test_experts_can_start_as_copies_of_one_network(tiny_images, encoder):
+    single, _ = train_single(tiny_images, SCALE, QUICK, progress=False)
+    frozen = with_overrides(QUICK, joint_steps=1, mixture_lr=0.0)  # lr 0: the experts stay as they started
+    model, history = train_mixture(tiny_images, SCALE, frozen, encoder=encoder[0], init_experts=single,
+                                   progress=False)
+    assert history.meta["init_experts"] == "copies of a given network"
+    for i in range(model.mixture.M):
+        for p, q in zip(model.mixture.expert(i).parameters(), single.parameters()):
+            assert torch.equal(p, q)
+    # with the same weights in every expert, the fusion is that network whatever q is
+    lr = torch.rand(2, 1, 12, 12)
+    torch.testing.assert_close(model(lr)["fused"], single(lr), rtol=1e-5, atol=1e-6)
+    # trained, the copies drift apart: each expert's gradient is weighted by its own q_z
+    model, _ = train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], init_experts=single, progress=False)
+    heads = [model.mixture.expert(i).head.weight for i in range(model.mixture.M)]
+    assert all(not torch.allclose(a, b) for a, b in itertools.combinations(heads, 2))
+    assert train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], progress=False)[1].meta["init_experts"] == "random"
+
+
+def test_init_experts_refuses_what_it_cannot_use(tiny_images, encoder, tmp_path):
+    wrong_width = Expert(SCALE, channels=QUICK.channels * 2, n_blocks=QUICK.n_blocks)
+    with pytest.raises(ValueError, match="architecture"):
+        train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], init_experts=wrong_width, progress=False)
+    with pytest.raises(TypeError, match="Expert"):
+        train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], init_experts=encoder[0].enet, progress=False)
+    right = Expert(SCALE, channels=QUICK.channels, n_blocks=QUICK.n_blocks)
+    with pytest.raises(ValueError, match="identical"):
+        train_mixture(tiny_images, SCALE, QUICK, variant="average", init_experts=right, progress=False)
+    with pytest.raises(ValueError, match="resume_from"):
+        train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], init_experts=right,
+                      resume_from=tmp_path / "x.pt", progress=False)
+
+
 def test_train_mixture_pretrains_when_no_encoder_is_given(tiny_images):
     budget = with_overrides(QUICK, pretrain_steps=3, joint_steps=2)
     _, history = train_mixture(tiny_images, SCALE, budget, progress=False)

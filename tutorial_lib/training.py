@@ -861,6 +861,7 @@ def train_mixture(
     kernels: str | np.ndarray = "seen",
     resume_from: str | Path | None = None,
     compile: bool | None = None,
+    init_experts: Expert | None = None,
 ) -> tuple[BlindSR, TrainingHistory]:
     r"""Train E-Net and the mixture of ``M`` experts jointly, Eq. (12), or an ablation.
 
@@ -899,6 +900,12 @@ def train_mixture(
         resume_from: a ``'mixture'`` checkpoint of the same variant to continue from (its
             weights and step count, and its optimiser state when the ``.opt.pt`` is there);
             the learning-rate schedule restarts (a warm restart).
+        init_experts: start every expert as a copy of this network (for example a single
+            network from :func:`train_single` with the same budget) instead of at random, as
+            the paper does. Not a paper setting: a budget experiment (README, notebook 04).
+            The ``M`` copies are identical at the first step and drift apart because each
+            expert's gradient is weighted by its own ``q_z``. Recorded in the history's
+            ``meta['init_experts']``.
 
     Returns:
         ``(model, history)``: :class:`BlindSR` in eval mode (``mode`` ``'fused'``,
@@ -930,6 +937,19 @@ def train_mixture(
 
     seed_everything(seed)
     mixture = MixtureOfExperts(M, scale, channels=budget.channels, n_blocks=budget.n_blocks)
+    if init_experts is not None:
+        if resume_from is not None:
+            raise ValueError("init_experts and resume_from exclude each other: a resumed run keeps its experts")
+        if variant == "average":
+            raise ValueError("init_experts does not apply to variant 'average': the loss of the mean gives every "
+                             "expert the same gradient, so identical copies would stay identical")
+        if not isinstance(init_experts, Expert):
+            raise TypeError(f"init_experts must be an Expert (a single network), got {type(init_experts).__name__}")
+        wanted = Expert(scale, channels=budget.channels, n_blocks=budget.n_blocks).config()
+        if init_experts.config() != wanted:
+            raise ValueError(f"init_experts has architecture {init_experts.config()}, but budget "
+                             f"{budget.name!r} trains experts {wanted}")
+        mixture = MixtureOfExperts.from_experts([copy.deepcopy(init_experts).float().cpu()] * M)
     if variant == "average":
         enet = None
     elif pretrained_enet is not None:
@@ -1037,7 +1057,8 @@ def train_mixture(
                           log_every=log_every or budget.log_every, desc=desc, progress=progress,
                           start_step=start_step, device=device)
     history.meta.update(stage="mixture", variant=variant, prior=prior if variant != "average" else None, lam=lam,
-                        M=M, scale=scale, seed=seed, loss_scale="sum over HR pixels, [0, 1] images",
+                        M=M, scale=scale, seed=seed,
+                        init_experts="copies of a given network" if init_experts is not None else "random", loss_scale="sum over HR pixels, [0, 1] images",
                         **_data_record(names, kernel_name, kernel_array))
     history.pretrain = pretrain_history
     model.mode = _MODE_OF_VARIANT[variant]
