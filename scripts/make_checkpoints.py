@@ -27,6 +27,13 @@ Stages (pick with ``--stages``):
 - ``equalsteps``: for each scale, the single network trained for as many *steps* as the
   shipped mixture (the main stage gives it the same *seconds*, in which one network makes
   more steps than four), results only: ``x{u}_single_equal_steps.json``.
+- ``warmstart``: for each scale, a budget experiment that is not in the paper: the single
+  network trained for ``--warm-fraction`` of the joint seconds, then the mixture started
+  from ``M`` copies of it (``train_mixture(init_experts=...)``, E-Net from ``x{u}_encoder.pt``
+  in ``--out``) trained for the rest, so that it costs the seconds of one mixture or one
+  single network; evaluated four ways as in ``fusions``, beside the single network it
+  started from and the ``main`` stage's mixture and single network when their sidecars hold
+  metrics: ``x{u}_warm_start.json`` (results only).
 - ``matrix`` (×2): Fig. 1's performance matrix — single networks each trained on one kernel,
   evaluated on every representative kernel: ``x2_matrix.json``.
 
@@ -137,8 +144,8 @@ def main() -> None:
     parser.add_argument("--budget", default="cpu")
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--stages", nargs="+", default=["main"],
-                        choices=["main", "evaluate", "results", "fusions", "equalsteps", "ablations", "msweep",
-                                 "matrix"])
+                        choices=["main", "evaluate", "results", "fusions", "warmstart", "equalsteps", "ablations",
+                                 "msweep", "matrix"])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "checkpoints"))
     parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any; 'none': skip)")
     parser.add_argument("--eval-bundled", action="store_true", help="also evaluate on the bundled test images")
@@ -152,6 +159,8 @@ def main() -> None:
                         help="override the budget's seconds for the mixture (and the single network)")
     parser.add_argument("--note", default=None,
                         help="a line recorded in every sidecar and result file (e.g. what shared the machine)")
+    parser.add_argument("--warm-fraction", type=float, default=0.5,
+                        help="warmstart stage: share of the joint seconds for the single network (default 0.5)")
     parser.add_argument("--msweep-seconds", type=float, default=90.0)
     parser.add_argument("--matrix-seconds", type=float, default=90.0)
     parser.add_argument("--sweep-eval-side", type=int, default=128,
@@ -236,6 +245,13 @@ def main() -> None:
                 "evaluated_on": str(next(model.parameters()).device), "seconds": round(time.time() - start, 1),
                 "metrics": metrics})
             _log(f"x{scale} fusions: {json.dumps(metrics)}")
+
+    if "warmstart" in args.stages:
+        if not 0.0 < args.warm_fraction < 1.0:
+            raise SystemExit(f"error: --warm-fraction must lie strictly between 0 and 1, got {args.warm_fraction}")
+        for scale in args.scales:
+            _warm_start(images, scale, budget, out, eval_sets, data_label, args.note, args.warm_fraction,
+                        args.posterior_tile)
 
     if "equalsteps" in args.stages:
         for scale in args.scales:
@@ -357,6 +373,43 @@ def _train_some(models: list[str], images: dict, scale: int, budget, out: Path, 
         _set_training_data(path, data_label, note)
         _log(f"x{scale} {kind}: {history.meta['steps']} steps in {history.meta['wall_time_s']:.0f} s "
              f"on {history.meta.get('device_name')}: {json.dumps(metrics)}")
+
+
+def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, data_label: str,
+                note: str | None, fraction: float, posterior_tile: int) -> None:
+    """The ``warmstart`` stage for one scale (module doc): ``x{scale}_warm_start.json``."""
+    if budget.joint_seconds is None:
+        raise SystemExit(f"error: the warmstart stage splits the joint seconds, and budget {budget.name!r} has none")
+    encoder, _ = load_checkpoint(out / f"x{scale}_encoder.pt", expected_kind="encoder", scale=scale)
+    first = T.with_overrides(budget, joint_seconds=fraction * budget.joint_seconds)
+    rest = T.with_overrides(budget, joint_seconds=(1.0 - fraction) * budget.joint_seconds)
+    _log(f"x{scale}: warm start: single network {first.joint_seconds:g} s, then the mixture from "
+         f"{rest.joint_seconds:g} s of copies of it")
+    single, single_history = T.train_single(images, scale, first, progress=False)
+    mixture, mixture_history = T.train_mixture(images, scale, rest, encoder=encoder, init_experts=single,
+                                               progress=False)
+    start = time.time()
+    metrics = {"single_start": {name: T.evaluate_model(single, imgs, scale, max_side=budget.eval_max_side)
+                                for name, imgs in eval_sets.items()},
+               "warm_mixture": {name: T.evaluate_fusions(mixture, imgs, scale, posterior_tile=posterior_tile,
+                                                         max_side=budget.eval_max_side)
+                                for name, imgs in eval_sets.items()}}
+    reference = {}
+    for kind in ("mixture", "single"):
+        side = sidecar_path(out / f"x{scale}_{kind}.pt")
+        if side.is_file():
+            sidecar = json.loads(side.read_text(encoding="utf-8"))
+            reference[kind] = {"steps": sidecar.get("steps"), "wall_time_s": sidecar.get("wall_time_s"),
+                               "metrics": sidecar.get("metrics", {})}
+    _write_json(out / f"x{scale}_warm_start.json", {
+        "scale": scale, "budget": budget.summary(), "data": data_label, "note": note, "fraction": fraction,
+        "posterior_tile": posterior_tile, "encoder": "x{}_encoder.pt".format(scale),
+        "device_name": mixture_history.meta.get("device_name"),
+        "steps": {"single_start": single_history.meta["steps"], "warm_mixture": mixture_history.meta["steps"]},
+        "wall_time_s": {"single_start": round(single_history.meta["wall_time_s"], 2),
+                        "warm_mixture": round(mixture_history.meta["wall_time_s"], 2)},
+        "evaluation_s": round(time.time() - start, 1), "metrics": metrics, "main_stage": reference})
+    _log(f"x{scale} warm start: {json.dumps(metrics)}")
 
 
 def _results_from_sidecars(out: Path, scale: int, eval_sets: dict, budget, data_label: str,

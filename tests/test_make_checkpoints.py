@@ -109,6 +109,18 @@ def test_packed_data_and_models_trained_in_separate_calls(tmp_path, monkeypatch)
     assert unseen["whole"]["psnr"] == pytest.approx(sidecars["mixture"]["metrics"]["bundled-test"]["unseen"]["psnr"],
                                                     abs=2e-3)
 
+    # the warm start: the single network for half the joint budget, then a mixture of copies of it
+    _main_in_process(monkeypatch, "--stages", "warmstart", "--posterior-tile", "12", *common)
+    warm = json.loads((out / "x2_warm_start.json").read_text(encoding="utf-8"))
+    assert warm["fraction"] == 0.5 and warm["encoder"] == "x2_encoder.pt"
+    assert warm["steps"] == {"single_start": 30, "warm_mixture": 30}  # the smoke budget counts steps
+    assert set(warm["metrics"]["warm_mixture"]["bundled-test"]["unseen"]) == {"whole", "tiles", "average", "oracle",
+                                                                              "experts"}
+    assert set(warm["metrics"]["single_start"]["bundled-test"]) == {"seen", "unseen"}
+    assert warm["main_stage"]["single"]["metrics"] == sidecars["single"]["metrics"]
+    with pytest.raises(SystemExit, match="warm-fraction"):
+        _main_in_process(monkeypatch, "--stages", "warmstart", "--warm-fraction", "1", *common)
+
 
 def test_packed_data_is_checked(tmp_path, monkeypatch):
     bad = tmp_path / "bad.npz"
