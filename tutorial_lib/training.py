@@ -9,7 +9,8 @@ Read top to bottom:
    steps or wall clock, history, progress bar.
 3. :func:`pretrain_encoder` and :func:`encoder_accuracy`: the kernel classifier of Sec. 3.3.1
    and its accuracy on whole images.
-4. :func:`train_mixture` (Eq. 12 and the ablation variants) and :func:`train_single`.
+4. :func:`train_mixture` (Eq. 12, the ablation variants, and experts started as copies of one
+   network, ``init_experts``, a budget experiment) and :func:`train_single`.
 5. :func:`train_all` and :func:`train_from_cli`: the three models of a run, saved as
    checkpoints with their metrics.
 
