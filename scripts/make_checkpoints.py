@@ -403,7 +403,7 @@ def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, da
                                "metrics": sidecar.get("metrics", {})}
     _write_json(out / f"x{scale}_warm_start.json", {
         "scale": scale, "budget": budget.summary(), "data": data_label, "note": note, "fraction": fraction,
-        "posterior_tile": posterior_tile, "encoder": "x{}_encoder.pt".format(scale),
+        "posterior_tile": posterior_tile, "encoder": f"x{scale}_encoder.pt",
         "device_name": mixture_history.meta.get("device_name"),
         "steps": {"single_start": single_history.meta["steps"], "warm_mixture": mixture_history.meta["steps"]},
         "wall_time_s": {"single_start": round(single_history.meta["wall_time_s"], 2),

@@ -151,6 +151,7 @@ def test_every_mixture_variant_trains(tiny_images, encoder, kwargs, mode):
     for key in ("step", "loss", "recon", "kl", "mse", "psnr", "lr", "usage", "q_entropy", "patches_per_s", "time"):
         assert len(history[key]) == steps, key
     assert all(math.isfinite(v) for v in history["loss"])
+    assert history.meta["init_experts"] == "random"  # the paper's start
     assert all(len(u) == 4 and sum(u) == pytest.approx(1.0, abs=1e-5) for u in history["usage"])
     lr = torch.rand(2, 1, 10, 10)
     assert model(lr)["fused"].shape == (2, 1, 20, 20)
@@ -184,7 +185,6 @@ def test_experts_can_start_as_copies_of_one_network(tiny_images, encoder):
     model, _ = train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], init_experts=single, progress=False)
     heads = [model.mixture.expert(i).head.weight for i in range(model.mixture.M)]
     assert all(not torch.allclose(a, b) for a, b in itertools.combinations(heads, 2))
-    assert train_mixture(tiny_images, SCALE, QUICK, encoder=encoder[0], progress=False)[1].meta["init_experts"] == "random"
 
 
 def test_init_experts_refuses_what_it_cannot_use(tiny_images, encoder, tmp_path):

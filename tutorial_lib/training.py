@@ -946,11 +946,10 @@ def train_mixture(
                              "expert the same gradient, so identical copies would stay identical")
         if not isinstance(init_experts, Expert):
             raise TypeError(f"init_experts must be an Expert (a single network), got {type(init_experts).__name__}")
-        wanted = Expert(scale, channels=budget.channels, n_blocks=budget.n_blocks).config()
-        if init_experts.config() != wanted:
+        if init_experts.config() != mixture.expert_config():
             raise ValueError(f"init_experts has architecture {init_experts.config()}, but budget "
-                             f"{budget.name!r} trains experts {wanted}")
-        mixture = MixtureOfExperts.from_experts([copy.deepcopy(init_experts).float().cpu()] * M)
+                             f"{budget.name!r} trains experts {mixture.expert_config()}")
+        mixture = MixtureOfExperts.from_experts([init_experts] * M).float().cpu()  # copies the weights
     if variant == "average":
         enet = None
     elif pretrained_enet is not None:
@@ -1058,8 +1057,8 @@ def train_mixture(
                           log_every=log_every or budget.log_every, desc=desc, progress=progress,
                           start_step=start_step, device=device)
     history.meta.update(stage="mixture", variant=variant, prior=prior if variant != "average" else None, lam=lam,
-                        M=M, scale=scale, seed=seed,
-                        init_experts="copies of a given network" if init_experts is not None else "random", loss_scale="sum over HR pixels, [0, 1] images",
+                        M=M, scale=scale, seed=seed, loss_scale="sum over HR pixels, [0, 1] images",
+                        init_experts="random" if init_experts is None else "copies of a given network",
                         **_data_record(names, kernel_name, kernel_array))
     history.pretrain = pretrain_history
     model.mode = _MODE_OF_VARIANT[variant]
