@@ -33,7 +33,8 @@ Stages (pick with ``--stages``):
   in ``--out``) trained for the rest, so that it costs the seconds of one mixture or one
   single network; evaluated four ways as in ``fusions``, beside the single network it
   started from and the ``main`` stage's mixture and single network when their sidecars hold
-  metrics: ``x{u}_warm_start.json`` (results only).
+  metrics: ``x{u}_warm_start.json`` (results only; with ``--seed N`` other than 0,
+  ``x{u}_warm_start_seedN.json``, a replicate beside the first run).
 - ``matrix`` (×2): Fig. 1's performance matrix — single networks each trained on one kernel,
   evaluated on every representative kernel: ``x2_matrix.json``.
 
@@ -161,6 +162,8 @@ def main() -> None:
                         help="a line recorded in every sidecar and result file (e.g. what shared the machine)")
     parser.add_argument("--warm-fraction", type=float, default=0.5,
                         help="warmstart stage: share of the joint seconds for the single network (default 0.5)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="warmstart stage: seed of its single network and mixture (default 0)")
     parser.add_argument("--msweep-seconds", type=float, default=90.0)
     parser.add_argument("--matrix-seconds", type=float, default=90.0)
     parser.add_argument("--sweep-eval-side", type=int, default=128,
@@ -251,7 +254,7 @@ def main() -> None:
             raise SystemExit(f"error: --warm-fraction must lie strictly between 0 and 1, got {args.warm_fraction}")
         for scale in args.scales:
             _warm_start(images, scale, budget, out, eval_sets, data_label, args.note, args.warm_fraction,
-                        args.posterior_tile)
+                        args.posterior_tile, args.seed)
 
     if "equalsteps" in args.stages:
         for scale in args.scales:
@@ -376,7 +379,7 @@ def _train_some(models: list[str], images: dict, scale: int, budget, out: Path, 
 
 
 def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, data_label: str,
-                note: str | None, fraction: float, posterior_tile: int) -> None:
+                note: str | None, fraction: float, posterior_tile: int, seed: int = 0) -> None:
     """The ``warmstart`` stage for one scale (module doc): ``x{scale}_warm_start.json``."""
     if budget.joint_seconds is None:
         raise SystemExit(f"error: the warmstart stage splits the joint seconds, and budget {budget.name!r} has none")
@@ -385,8 +388,8 @@ def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, da
     rest = T.with_overrides(budget, joint_seconds=(1.0 - fraction) * budget.joint_seconds)
     _log(f"x{scale}: warm start: single network {first.joint_seconds:g} s, then the mixture from "
          f"{rest.joint_seconds:g} s of copies of it")
-    single, single_history = T.train_single(images, scale, first, progress=False)
-    mixture, mixture_history = T.train_mixture(images, scale, rest, encoder=encoder, init_experts=single,
+    single, single_history = T.train_single(images, scale, first, seed=seed, progress=False)
+    mixture, mixture_history = T.train_mixture(images, scale, rest, encoder=encoder, init_experts=single, seed=seed,
                                                progress=False)
     start = time.time()
     metrics = {"single_start": {name: T.evaluate_model(single, imgs, scale, max_side=budget.eval_max_side)
@@ -401,8 +404,9 @@ def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, da
             sidecar = json.loads(side.read_text(encoding="utf-8"))
             reference[kind] = {"steps": sidecar.get("steps"), "wall_time_s": sidecar.get("wall_time_s"),
                                "metrics": sidecar.get("metrics", {})}
-    _write_json(out / f"x{scale}_warm_start.json", {
-        "scale": scale, "budget": budget.summary(), "data": data_label, "note": note, "fraction": fraction,
+    name = f"x{scale}_warm_start.json" if seed == 0 else f"x{scale}_warm_start_seed{seed}.json"
+    _write_json(out / name, {
+        "scale": scale, "budget": budget.summary(), "data": data_label, "note": note, "seed": seed, "fraction": fraction,
         "posterior_tile": posterior_tile, "encoder": f"x{scale}_encoder.pt",
         "device_name": mixture_history.meta.get("device_name"),
         "steps": {"single_start": single_history.meta["steps"], "warm_mixture": mixture_history.meta["steps"]},

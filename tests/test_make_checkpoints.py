@@ -117,7 +117,12 @@ def test_packed_data_and_models_trained_in_separate_calls(tmp_path, monkeypatch)
     assert set(warm["metrics"]["warm_mixture"]["bundled-test"]["unseen"]) == {"whole", "tiles", "average", "oracle",
                                                                               "experts"}
     assert set(warm["metrics"]["single_start"]["bundled-test"]) == {"seen", "unseen"}
-    assert warm["main_stage"]["single"]["metrics"] == sidecars["single"]["metrics"]
+    assert warm["main_stage"]["single"]["metrics"] == sidecars["single"]["metrics"] and warm["seed"] == 0
+    _main_in_process(monkeypatch, "--stages", "warmstart", "--seed", "1", "--set5", "none", "--out", str(out),
+                     "--budget", "smoke", "--scales", "2", "--threads", "2", "--data", str(packed))  # no eval sets
+    replicate = json.loads((out / "x2_warm_start_seed1.json").read_text(encoding="utf-8"))
+    assert replicate["seed"] == 1 and replicate["metrics"]["warm_mixture"] == {}
+    assert json.loads((out / "x2_warm_start.json").read_text(encoding="utf-8")) == warm  # the first run stays
     with pytest.raises(SystemExit, match="warm-fraction"):
         _main_in_process(monkeypatch, "--stages", "warmstart", "--warm-fraction", "1", *common)
 
