@@ -239,9 +239,8 @@ def main() -> None:
             _log(f"x{scale}: the mixture's experts combined four ways (q from {args.posterior_tile}x"
                  f"{args.posterior_tile} tiles)")
             start = time.time()
-            metrics = {name: T.evaluate_fusions(model, imgs, scale, posterior_tile=args.posterior_tile,
-                                                max_side=budget.eval_max_side)
-                       for name, imgs in eval_sets.items()}
+            metrics = _on_each_set(T.evaluate_fusions, model, eval_sets, scale, budget,
+                                   posterior_tile=args.posterior_tile)
             _write_json(out / f"x{scale}_mixture_fusions.json", {
                 "scale": scale, "model": path.name, "sha256": sidecar["sha256"],
                 "posterior_tile": args.posterior_tile, "note": args.note, "training_note": sidecar.get("note"),
@@ -264,8 +263,7 @@ def main() -> None:
                                      joint_seconds=max(4 * sidecar["wall_time_s"], 60.0))
             _log(f"x{scale}: single network for the mixture's {steps} steps")
             model, history = T.train_single(images, scale, equal, progress=False)
-            metrics = {s: T.evaluate_model(model, imgs, scale, max_side=budget.eval_max_side)
-                       for s, imgs in eval_sets.items()}
+            metrics = _on_each_set(T.evaluate_model, model, eval_sets, scale, budget)
             _write_json(out / f"x{scale}_single_equal_steps.json", {
                 "scale": scale, "budget": equal.summary(), "data": data_label, "note": args.note,
                 "device_name": history.meta.get("device_name"), "steps": history.meta["steps"],
@@ -366,16 +364,18 @@ def _train_some(models: list[str], images: dict, scale: int, budget, out: Path, 
         trained["single"] = (single, T.save_trained(single, out / f"x{scale}_single.pt", "single", history,
                                                     budget, 0), history)
     for kind, (model, path, history) in trained.items():
-        if kind == "encoder":
-            metrics = {name: T.encoder_metrics(model, imgs, scale, max_side=budget.eval_max_side)
-                       for name, imgs in eval_sets.items()}
-        else:
-            metrics = {name: T.evaluate_model(model, imgs, scale, max_side=budget.eval_max_side)
-                       for name, imgs in eval_sets.items()}
+        evaluate = T.encoder_metrics if kind == "encoder" else T.evaluate_model
+        metrics = _on_each_set(evaluate, model, eval_sets, scale, budget)
         T.update_sidecar_metrics(path, metrics)
         _set_training_data(path, data_label, note)
         _log(f"x{scale} {kind}: {history.meta['steps']} steps in {history.meta['wall_time_s']:.0f} s "
              f"on {history.meta.get('device_name')}: {json.dumps(metrics)}")
+
+
+def _on_each_set(evaluate, model, eval_sets: dict, scale: int, budget, **kwargs) -> dict:
+    """``{set name: evaluate(model, images, scale, max_side=budget.eval_max_side, **kwargs)}``."""
+    return {name: evaluate(model, images, scale, max_side=budget.eval_max_side, **kwargs)
+            for name, images in eval_sets.items()}
 
 
 def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, data_label: str,
@@ -392,11 +392,9 @@ def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, da
     mixture, mixture_history = T.train_mixture(images, scale, rest, encoder=encoder, init_experts=single, seed=seed,
                                                progress=False)
     start = time.time()
-    metrics = {"single_start": {name: T.evaluate_model(single, imgs, scale, max_side=budget.eval_max_side)
-                                for name, imgs in eval_sets.items()},
-               "warm_mixture": {name: T.evaluate_fusions(mixture, imgs, scale, posterior_tile=posterior_tile,
-                                                         max_side=budget.eval_max_side)
-                                for name, imgs in eval_sets.items()}}
+    metrics = {"single_start": _on_each_set(T.evaluate_model, single, eval_sets, scale, budget),
+               "warm_mixture": _on_each_set(T.evaluate_fusions, mixture, eval_sets, scale, budget,
+                                            posterior_tile=posterior_tile)}
     reference = {}
     for kind in ("mixture", "single"):
         side = sidecar_path(out / f"x{scale}_{kind}.pt")
