@@ -70,10 +70,34 @@ def test_cli_bench_sweeps_batch_sizes(capsys):
 def test_report_shows_the_cuda_extras():
     result = run_benchmark(device="cpu", seconds=0.05, channels=4, n_blocks=1, batch_size=2, lr_patch=8,
                            image_side=16, inference_runs=1)
-    result.update(compile_s=3.0, compiled_patches_per_s=12.5, graph_batched_patches_per_s=20.0,
+    result.update(compile_s=3.0, compiled_patches_per_s=12.5, compile_mode="reduce-overhead",
+                  graph_batched_patches_per_s=20.0,
                   graph_loop_patches_per_s=10.0, graph_batched_over_loop=2.0)
     report = format_report(result)
-    assert "torch.compile'd batched: 12.5 patches/s" in report
+    assert "torch.compile'd batched: 12.5 patches/s (mode reduce-overhead" in report
     assert "CUDA graphs, batched:    20.0 patches/s" in report and "(2.00x)" in report
     result = {k: v for k, v in result.items() if not k.startswith("graph_")} | {"graph_error": "RuntimeError: x"}
     assert "CUDA graphs: RuntimeError: x" in format_report(result)
+
+
+def test_profile_shows_where_a_step_spends_its_time():
+    result = run_benchmark(device="cpu", seconds=0.05, channels=4, n_blocks=1, batch_size=2, lr_patch=8,
+                           image_side=16, inference_runs=1, profile_steps=2)
+    profile = result["profile"]
+    assert set(profile) == {"batched", "loop"}
+    for p in profile.values():
+        assert p["steps"] == 2 and p["total_ms_per_step"] > 0 and "kernels_per_step" not in p  # CPU run
+        shares = [row["share"] for row in p["top"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
+        assert any("convolution" in row["op"] for row in p["top"][:3])  # the convolutions dominate
+    # one grouped pass against M = 4 separate experts: the loop dispatches several times as many operators
+    assert profile["loop"]["top_level_ops_per_step"] > 2 * profile["batched"]["top_level_ops_per_step"]
+    report = format_report(result)
+    assert "profile, batched, per step" in report and "profile, loop, per step" in report
+
+
+def test_compile_mode_and_profile_steps_are_checked():
+    with pytest.raises(ValueError, match="compile_mode"):
+        run_benchmark(device="cpu", seconds=0.1, channels=8, compile_mode="fast")
+    with pytest.raises(ValueError, match="profile_steps"):
+        run_benchmark(device="cpu", seconds=0.1, channels=8, profile_steps=-1)

@@ -22,7 +22,10 @@ on a GPU: ``compile=True`` times the batched mixture wrapped in ``torch.compile`
 ``cuda_graph=True`` times both variants with forward and backward captured once in a CUDA
 graph and replayed (no Python and no kernel-launch cost per step: what is left is the GPU's
 own work, so the ratio then compares the arithmetic of one grouped pass against ``M`` small
-ones). On the CPU the allocator setting of
+ones); ``compile_mode`` passes a mode to ``torch.compile`` (``'reduce-overhead'`` replays
+Inductor's kernels as CUDA graphs). On any device, ``profile_steps`` runs PyTorch's profiler
+over a few more training steps of each variant and reports the operators (CPU) or GPU kernels
+that take the time, and how many operators and kernels one step dispatches. On the CPU the allocator setting of
 :func:`tutorial_lib.config.tune_cpu_allocator` applies, as in CPU training (``cpu_allocator``
 in the result says whether it did). Defaults keep a CPU run to about 40
 seconds: paper-size experts (64 channels, 7 blocks), batch 16, ``seconds = 15`` of timed
@@ -51,7 +54,9 @@ import torch
 from .config import device_name, get_device, tune_cpu_allocator
 from .models import BlindSR, ENet, LoopMixture, MixtureOfExperts, count_parameters
 
-__all__ = ["format_report", "run_benchmark"]
+__all__ = ["COMPILE_MODES", "format_report", "run_benchmark"]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _sync(device: torch.device) -> None:
@@ -88,6 +93,8 @@ def run_benchmark(
     compile: bool = False,
     cuda_graph: bool = False,
     layout: str | None = None,
+    compile_mode: str = "default",
+    profile_steps: int = 0,
 ) -> dict[str, Any]:
     """Training throughput (batched vs. loop), inference time and peak memory; see module doc.
 
@@ -105,12 +112,19 @@ def run_benchmark(
             a GPU); the median is reported.
         compile: also time the batched mixture wrapped in ``torch.compile`` (CUDA only; the
             compilation itself is excluded and reported as ``compile_s``).
+        compile_mode: the ``mode`` of ``torch.compile``: ``'default'``, ``'reduce-overhead'``
+            (Inductor's kernels replayed as CUDA graphs), ``'max-autotune'`` or
+            ``'max-autotune-no-cudagraphs'`` (reported as ``compile_mode``).
         cuda_graph: also time both variants as CUDA graphs of forward + backward (CUDA only;
             ``graph_batched_patches_per_s``, ``graph_loop_patches_per_s``,
             ``graph_batched_over_loop``; a capture that fails is reported as ``graph_error``
             and the rest of the result stands).
         layout: ``'channels_last'`` or ``'contiguous'`` memory format of activations and
             weights (default: channels-last on CUDA, contiguous on the CPU).
+        profile_steps: when positive, also run PyTorch's profiler over this many training
+            steps of each variant (after the timing, so it does not slow the timed steps) and
+            report where the time goes: ``profile`` = ``{"batched": ..., "loop": ...}``, each
+            from :func:`_profile_steps`.
 
     Returns:
         dict with ``device``, ``device_name``, ``torch_version``, ``threads``, the settings
@@ -119,7 +133,8 @@ def run_benchmark(
         ``reason``), ``parameters`` (of the mixture), ``batched_patches_per_s``,
         ``loop_patches_per_s``, ``batched_over_loop`` (their ratio), ``batched_steps``,
         ``loop_steps``, with ``compile=True`` also ``compile_s`` and
-        ``compiled_patches_per_s``, with ``cuda_graph=True`` the ``graph_*`` keys above,
+        ``compiled_patches_per_s`` and ``compile_mode``, with ``cuda_graph=True`` the
+        ``graph_*`` keys above, with ``profile_steps`` the ``profile`` key above,
         ``inference_ms`` (per image), ``inference_lr_size``,
         ``inference_hr_size``, ``peak_memory_mb``, ``peak_memory_kind`` and
         ``wall_time_s``.
@@ -130,6 +145,10 @@ def run_benchmark(
     inference_runs = inference_runs or (20 if cuda else 3)
     if (compile or cuda_graph) and not cuda:
         raise ValueError("compile=True and cuda_graph=True are measured on CUDA only")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+    if profile_steps < 0:
+        raise ValueError(f"profile_steps must be >= 0, got {profile_steps}")
     layout = layout or ("channels_last" if cuda else "contiguous")
     if layout not in ("channels_last", "contiguous"):
         raise ValueError(f"layout must be 'channels_last' or 'contiguous', got {layout!r}")
@@ -143,6 +162,7 @@ def run_benchmark(
         torch.backends.cudnn.benchmark = True  # as training does: pick the fastest kernels
     torch.manual_seed(seed)
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    runner_graphed: torch.nn.Module | None = None  # the compiled runner, when its mode uses CUDA graphs
 
     def autocast(cache_enabled: bool = True):
         # a CUDA graph capture needs the autocast weight cache off
@@ -160,6 +180,8 @@ def run_benchmark(
     def train_step(net: torch.nn.Module) -> float:
         _sync(device)
         t0 = time.perf_counter()
+        if net is runner_graphed:  # Inductor's CUDA graphs: each call starts a new step
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast():
             fused = net(lr, q)["fused"]
         loss = (fused.float() - hr).square().mean()
@@ -181,13 +203,19 @@ def run_benchmark(
     batched_rate = batch_size * len(times["batched"]) / sum(times["batched"])
     loop_rate = batch_size * len(times["loop"]) / sum(times["loop"])
     parameters = count_parameters(batched)
+    profiled: dict[str, Any] = {}
+    if profile_steps:
+        profiled["profile"] = {name: _profile_steps(train_step, net, profile_steps, device)
+                               for name, net in (("batched", batched), ("loop", loop))}
     graphed: dict[str, Any] = {}
     if cuda_graph:
         graphed = _time_cuda_graphs(batched, loop, lr, hr, q, autocast, seconds, batch_size, device)
     del loop
     compiled: dict[str, Any] = {}
     if compile:
-        runner = torch.compile(batched)
+        runner = torch.compile(batched, mode=compile_mode)
+        if compile_mode in ("reduce-overhead", "max-autotune"):
+            runner_graphed = runner
         t0 = time.perf_counter()
         train_step(runner)  # compiles
         train_step(runner)
@@ -196,6 +224,7 @@ def run_benchmark(
         while sum(steps) < seconds or len(steps) < 2:
             steps.append(train_step(runner))
         compiled["compiled_patches_per_s"] = round(batch_size * len(steps) / sum(steps), 2)
+        compiled["compile_mode"] = compile_mode
 
     # inference: full model on one Set5-sized image
     model = BlindSR(ENet(M).to(device), batched).eval()
@@ -232,6 +261,7 @@ def run_benchmark(
         "loop_steps": len(times["loop"]),
         **compiled,
         **graphed,
+        **profiled,
         "inference_ms": round(1000 * statistics.median(run_times), 2),
         "inference_lr_size": [image_side, image_side],
         "inference_hr_size": list(out.shape[-2:]),
@@ -291,6 +321,53 @@ def _time_cuda_graphs(batched: torch.nn.Module, loop: torch.nn.Module, lr: torch
             "graph_batched_over_loop": round(rates["batched"] / rates["loop"], 3)}
 
 
+def _profile_steps(train_step, net: torch.nn.Module, steps: int, device: torch.device,
+                   top: int = 8) -> dict[str, Any]:
+    """Where one training step of ``net`` spends its time, from ``torch.profiler`` over ``steps``.
+
+    On the CPU the time is each operator's *self* CPU time (its children excluded, so the
+    rows add up to the total). On CUDA it is the GPU time of each kernel, and
+    ``kernels_per_step`` counts the kernels launched: a step of many small kernels waits for
+    their launches rather than for the arithmetic.
+
+    Returns:
+        dict with ``steps``, ``total_ms_per_step``, ``top_level_ops_per_step`` (``aten``
+        operators not called from inside another one, forward and backward: each is one
+        dispatch from Python or the autograd engine), on CUDA ``kernels_per_step``, and ``top``: the
+        ``top`` largest rows, each ``{"op", "ms_per_step", "calls_per_step", "share"}``.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    train_step(net)  # not profiled: the profiler's own start-up
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step(net)
+    if cuda:  # kernels only: a CPU operator's device time is its kernels' time again
+        rows = [(e.key, e.self_device_time_total, e.count) for e in prof.key_averages()
+                if e.device_type == DeviceType.CUDA]
+    else:
+        rows = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
+    total_us = sum(t for _, t, _ in rows)
+    top_rows = sorted(rows, key=lambda row: row[1], reverse=True)[:top]
+    top_level = sum(1 for e in prof.events()  # aten operators not called from inside another one
+                    if e.device_type == DeviceType.CPU and e.key.startswith("aten::")
+                    and (e.cpu_parent is None or not e.cpu_parent.key.startswith("aten::")))
+    result: dict[str, Any] = {
+        "steps": steps,
+        "total_ms_per_step": round(total_us / 1000 / steps, 3),
+        "top_level_ops_per_step": round(top_level / steps, 1),
+    }
+    if cuda:
+        result["kernels_per_step"] = round(sum(count for _, _, count in rows) / steps, 1)
+    result["top"] = [{"op": key, "ms_per_step": round(t / 1000 / steps, 3),
+                      "calls_per_step": round(count / steps, 2), "share": round(t / total_us, 4) if total_us else 0.0}
+                     for key, t, count in top_rows]
+    return result
+
+
 def format_report(result: dict[str, Any]) -> str:
     """A few human-readable lines for a :func:`run_benchmark` result."""
     lr_side, hr_size = result["inference_lr_size"], result["inference_hr_size"]
@@ -307,7 +384,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"  loop over experts:       {result['loop_patches_per_s']:.1f} patches/s ({result['loop_steps']} steps)",
         f"  batched / loop:          {result['batched_over_loop']:.2f}x",
         *([(f"  torch.compile'd batched: {result['compiled_patches_per_s']:.1f} patches/s "
-            f"(compiled in {result['compile_s']:.0f} s)")] if "compiled_patches_per_s" in result else []),
+            f"(mode {result.get('compile_mode', 'default')}, compiled in {result['compile_s']:.0f} s)")]
+          if "compiled_patches_per_s" in result else []),
         *([f"  CUDA graphs, batched:    {result['graph_batched_patches_per_s']:.1f} patches/s",
            (f"  CUDA graphs, loop:       {result['graph_loop_patches_per_s']:.1f} patches/s "
             f"({result['graph_batched_over_loop']:.2f}x)")] if "graph_batched_patches_per_s" in result else []),
@@ -315,6 +393,19 @@ def format_report(result: dict[str, Any]) -> str:
         (f"inference, {lr_side[0]}x{lr_side[1]} -> {hr_size[0]}x{hr_size[1]}: "
          f"{result['inference_ms']:.1f} ms per image"),
         f"peak memory: {result['peak_memory_mb']:.1f} MiB ({result['peak_memory_kind']})",
+        *_format_profile(result.get("profile", {})),
         f"wall time: {result['wall_time_s']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _format_profile(profile: dict[str, Any]) -> list[str]:
+    """The report's lines for a ``profile`` result (none without one)."""
+    lines = []
+    for name, p in profile.items():
+        kernels = f", {p['kernels_per_step']:.0f} GPU kernels" if "kernels_per_step" in p else ""
+        lines.append(f"profile, {name}, per step: {p['total_ms_per_step']:.1f} ms, "
+                     f"{p['top_level_ops_per_step']:.0f} top-level operators{kernels}")
+        lines += [f"  {row['share']:6.1%} {row['ms_per_step']:9.2f} ms {row['calls_per_step']:6.1f}x  {row['op'][:70]}"
+                  for row in p["top"]]
+    return lines

@@ -119,7 +119,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_report, run_benchmark
     results = [run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels,
                              batch_size=batch_size, compile=args.compile, cuda_graph=args.cuda_graph,
-                             layout=args.layout)
+                             layout=args.layout, compile_mode=args.compile_mode, profile_steps=args.profile)
                for batch_size in (args.batch_size or [None])]
     if args.json:  # one object for one batch size, a list for several
         print(json.dumps(results[0] if len(results) == 1 else results))
@@ -130,6 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m tutorial_lib`` and its four sub-commands."""
+    from .bench import COMPILE_MODES
     parser = argparse.ArgumentParser(
         prog="python -m tutorial_lib",
         description="Blind SR with a mixture of deep networks: demo, evaluation, training, benchmark.")
@@ -190,10 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-size", type=int, nargs="+", default=None,
                     help="patches per step, one or several (default 16 on a CPU, 256 on a GPU)")
     be.add_argument("--compile", action="store_true", help="also time the torch.compile'd mixture (CUDA)")
+    be.add_argument("--compile-mode", choices=list(COMPILE_MODES), default="default",
+                    help="torch.compile mode for --compile (default 'default'; 'reduce-overhead' adds CUDA graphs)")
     be.add_argument("--cuda-graph", action="store_true",
                     help="also time both variants captured in CUDA graphs (CUDA)")
     be.add_argument("--layout", choices=["channels_last", "contiguous"], default=None,
                     help="memory format (default: channels_last on CUDA, contiguous on the CPU)")
+    be.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also profile this many training steps of each variant and show where the time goes")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench)
     return parser
