@@ -9,6 +9,9 @@ Stages (pick with ``--stages``):
   model per call on a borrowed GPU; a mixture without ``encoder`` starts from the
   ``x{u}_encoder.pt`` already in ``--out``); each model is evaluated and its sidecar gets its
   metrics, and the ``results`` stage then writes ``x{u}_results.json``.
+  With ``--seed N`` other than 0 the models are a replicate: trained with seed ``N`` and
+  saved as ``x{u}_{kind}_seedN.pt`` beside the first run's files (a mixture without
+  ``encoder`` still starts from ``x{u}_encoder.pt``); no results file is written for them.
 - ``ablations`` (×2): the variants of Table 3 trained with the mixture's budget, reusing the
   ×2 pre-trained E-Net: ``x2_average.pt``, ``x2_uniform.pt`` (without pre-training),
   ``x2_hard.pt`` (hard selection with training). "Hard selection" without training is the
@@ -163,7 +166,8 @@ def main() -> None:
     parser.add_argument("--warm-fraction", type=float, default=0.5,
                         help="warmstart stage: share of the joint seconds for the single network (default 0.5)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="warmstart stage: seed of its single network and mixture (default 0)")
+                        help="main and warmstart stages: seed of the models they train (default 0); "
+                             "another seed writes replicate files (x{u}_{kind}_seedN, x{u}_warm_start_seedN)")
     parser.add_argument("--msweep-seconds", type=float, default=90.0)
     parser.add_argument("--matrix-seconds", type=float, default=90.0)
     parser.add_argument("--sweep-eval-side", type=int, default=128,
@@ -198,9 +202,9 @@ def main() -> None:
     _log(f"data={data_label} ({len(images)} images) budget={budget.name} threads={torch.get_num_threads()} "
          f"eval={list(eval_sets)}")
 
-    if "main" in args.stages and set(args.models) != set(KINDS):
+    if "main" in args.stages and (set(args.models) != set(KINDS) or args.seed != 0):
         for scale in args.scales:
-            _train_some(args.models, images, scale, budget, out, eval_sets, data_label, args.note)
+            _train_some(args.models, images, scale, budget, out, eval_sets, data_label, args.note, args.seed)
     elif "main" in args.stages:
         for scale in args.scales:
             _log(f"x{scale}: encoder + mixture + single")
@@ -342,27 +346,29 @@ def main() -> None:
 
 
 def _train_some(models: list[str], images: dict, scale: int, budget, out: Path, eval_sets: dict,
-                data_label: str, note: str | None) -> None:
-    """The main stage for some of the three models: train, save, evaluate each."""
-    _log(f"x{scale}: {' + '.join(models)}")
+                data_label: str, note: str | None, seed: int = 0) -> None:
+    """The main stage for some of the three models, or for a replicate with another seed:
+    train, save, evaluate each."""
+    suffix = f"_seed{seed}" if seed else ""
+    _log(f"x{scale}: {' + '.join(models)}" + (f" (seed {seed})" if seed else ""))
     encoder = None
     trained = {}
     if "encoder" in models:
-        encoder, history = T.pretrain_encoder(images, scale, budget, progress=False)
+        encoder, history = T.pretrain_encoder(images, scale, budget, seed=seed, progress=False)
         if budget.recalibrate_bn:
             T.recalibrate_batchnorm(encoder, list(images.values()), scale)
-        trained["encoder"] = (encoder, T.save_trained(encoder, out / f"x{scale}_encoder.pt", "encoder", history,
-                                                      budget, 0, config={"scale": scale}), history)
+        trained["encoder"] = (encoder, T.save_trained(encoder, out / f"x{scale}_encoder{suffix}.pt", "encoder",
+                                                      history, budget, seed, config={"scale": scale}), history)
     if "mixture" in models:
         if encoder is None:
             encoder, _ = load_checkpoint(out / f"x{scale}_encoder.pt", expected_kind="encoder", scale=scale)
-        mixture, history = T.train_mixture(images, scale, budget, encoder=encoder, progress=False)
-        trained["mixture"] = (mixture, T.save_trained(mixture, out / f"x{scale}_mixture.pt", "mixture", history,
-                                                      budget, 0), history)
+        mixture, history = T.train_mixture(images, scale, budget, encoder=encoder, seed=seed, progress=False)
+        trained["mixture"] = (mixture, T.save_trained(mixture, out / f"x{scale}_mixture{suffix}.pt", "mixture",
+                                                      history, budget, seed), history)
     if "single" in models:
-        single, history = T.train_single(images, scale, budget, progress=False)
-        trained["single"] = (single, T.save_trained(single, out / f"x{scale}_single.pt", "single", history,
-                                                    budget, 0), history)
+        single, history = T.train_single(images, scale, budget, seed=seed, progress=False)
+        trained["single"] = (single, T.save_trained(single, out / f"x{scale}_single{suffix}.pt", "single", history,
+                                                    budget, seed), history)
     for kind, (model, path, history) in trained.items():
         evaluate = T.encoder_metrics if kind == "encoder" else T.evaluate_model
         metrics = _on_each_set(evaluate, model, eval_sets, scale, budget)

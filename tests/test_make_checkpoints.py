@@ -123,6 +123,12 @@ def test_packed_data_and_models_trained_in_separate_calls(tmp_path, monkeypatch)
     replicate = json.loads((out / "x2_warm_start_seed1.json").read_text(encoding="utf-8"))
     assert replicate["seed"] == 1 and replicate["metrics"]["warm_mixture"] == {}
     assert json.loads((out / "x2_warm_start.json").read_text(encoding="utf-8")) == warm  # the first run stays
+    # a replicate of the main stage's single network: its own files, the first run's untouched
+    _main_in_process(monkeypatch, "--stages", "main", "--models", "single", "--seed", "1", "--set5", "none",
+                     "--out", str(out), "--budget", "smoke", "--scales", "2", "--threads", "2", "--data", str(packed))
+    _, single_seed1 = load_checkpoint(out / "x2_single_seed1.pt", expected_kind="single", scale=2)
+    assert single_seed1["seed"] == 1 and single_seed1["steps"] == 30
+    assert load_checkpoint(out / "x2_single.pt", expected_kind="single", scale=2)[1] == sidecars["single"]
     with pytest.raises(SystemExit, match="warm-fraction"):
         _main_in_process(monkeypatch, "--stages", "warmstart", "--warm-fraction", "1", *common)
 
