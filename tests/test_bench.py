@@ -35,8 +35,11 @@ def test_tiny_benchmark_returns_documented_keys():
 
 
 def test_benchmark_rejects_bad_settings():
-    with pytest.raises(ValueError, match="seconds"):
-        run_benchmark(device="cpu", seconds=0, channels=8)
+    for seconds in (0, -1.0, float("nan"), float("inf")):  # a timing loop that could never end
+        with pytest.raises(ValueError, match="seconds"):
+            run_benchmark(device="cpu", seconds=seconds, channels=8)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_benchmark(device="cpu", seconds=1.0, channels=8, batch_size=0)
 
 
 def test_compiled_and_graphed_variants_are_cuda_only():

@@ -44,6 +44,7 @@ slightly ahead at batch 16 and the batched pass ahead at batches of 2-4 (the REA
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
@@ -141,8 +142,10 @@ def run_benchmark(
     """
     device = get_device(device)
     cuda = device.type == "cuda"
-    batch_size = batch_size or (256 if cuda else 16)
-    inference_runs = inference_runs or (20 if cuda else 3)
+    batch_size = (256 if cuda else 16) if batch_size is None else batch_size
+    inference_runs = (20 if cuda else 3) if inference_runs is None else inference_runs
+    if inference_runs < 1:
+        raise ValueError(f"inference_runs must be >= 1, got {inference_runs}")
     if (compile or cuda_graph) and not cuda:
         raise ValueError("compile=True and cuda_graph=True are measured on CUDA only")
     if compile_mode not in COMPILE_MODES:
@@ -153,8 +156,9 @@ def run_benchmark(
     if layout not in ("channels_last", "contiguous"):
         raise ValueError(f"layout must be 'channels_last' or 'contiguous', got {layout!r}")
     seconds = (10.0 if cuda else 15.0) if seconds is None else float(seconds)
-    if seconds <= 0 or batch_size < 1:
-        raise ValueError(f"seconds and batch_size must be positive, got {seconds} and {batch_size}")
+    if not math.isfinite(seconds) or seconds <= 0 or batch_size < 1:
+        raise ValueError(f"seconds must be a positive finite number and batch_size a positive integer, "
+                         f"got {seconds} and {batch_size}")
     allocator = "" if cuda else tune_cpu_allocator()["reason"]  # as CPU training does
     start = time.perf_counter()
     if cuda:
