@@ -41,6 +41,16 @@ def test_second_moments_recover_the_covariance(lam1, lam2, theta):
                                atol=2e-3)
 
 
+def test_oblique_orientation_matches_the_authors_kernel_offline():
+    """The sign of θ, checked without the authors' file: their unseen kernel λ = (0.75, 3.0), θ = 2π/8
+    (the 4th of ``blindsr_kernel_test.npy``) puts its mass on the anti-diagonal. Two of its values,
+    copied from that file, against the generator (the full file is compared when it is on disk)."""
+    kernel = K.anisotropic_gaussian(0.75, 3.0, 2 * np.pi / 8)
+    assert kernel[3, 7] == pytest.approx(0.0279707592, abs=1e-9)  # up-right of the centre: on the long axis
+    assert kernel[3, 3] == pytest.approx(0.0005123023, abs=1e-9)  # up-left: across it
+    assert K.second_moments(kernel)[0, 1] < 0
+
+
 def test_orientation_convention_first_axis_is_rows():
     # θ = 0 with λ1 > λ2: the kernel spreads more along rows (vertically) than along columns
     kernel = K.anisotropic_gaussian(3.0, 0.75, 0.0, size=31)
