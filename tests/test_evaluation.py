@@ -31,11 +31,22 @@ def test_bicubic_reproduces_the_paper_on_set5(set5, scale, group):
 
 
 def test_per_pair_values_average_to_the_summary():
+    from tutorial_lib import degradations as D
+    from tutorial_lib import kernels as K
+    from tutorial_lib.metrics import psnr_y, ssim_y
+
     images = {k: v[:96, :120] for k, v in bundled_images("test").items()}
     result = evaluate(images, 2, "unseen_clean")
     assert result.per_pair_psnr.shape == (3, 26)
     assert result.psnr == pytest.approx(result.per_pair_psnr.mean())
     assert result.ssim == pytest.approx(result.per_pair_ssim.mean())
+    # each entry is the protocol applied by hand to that image and kernel: degrade (scipy path), bicubic, shave u
+    kernels = K.kernel_set("unseen_clean")
+    for i, j in ((0, 0), (2, 25), (1, 13)):
+        hr = D.modcrop(list(images.values())[i], 2)
+        sr = D.bicubic_upsample(torch.from_numpy(D.degrade(hr, kernels[j], 2))[None, None], 2)[0, 0].double().numpy()
+        assert result.per_pair_psnr[i, j] == pytest.approx(psnr_y(hr, sr, shave_border=2), abs=1e-3)
+        assert result.per_pair_ssim[i, j] == pytest.approx(ssim_y(hr, sr, shave_border=2), abs=1e-5)
 
 
 def test_a_perfect_method_scores_infinite_psnr_and_unit_ssim():
@@ -59,6 +70,34 @@ def test_tiny_images_are_rejected_clearly():
         evaluate({"tiny": np.zeros((10, 10))}, 2, "seen")
     with pytest.raises(ValueError, match="at least one image"):
         evaluate({}, 2, "seen")
+
+
+def test_images_a_learner_might_pass_by_mistake_are_named():
+    y = bundled_images("test")["camera"][100:164, 100:164]
+    cases = {"dtype uint8": (y * 255).round().astype(np.uint8),  # 8-bit levels: a silently wrong PSNR before
+             "divide by 255": y * 255.0,
+             "2-D Y image": np.dstack([y] * 3),  # colour
+             "NaN": np.where(y > 0.5, np.nan, y)}
+    for message, image in cases.items():
+        with pytest.raises(ValueError, match=f"image 'c'.*{message}"):
+            evaluate({"c": image}, 2, "seen")
+    with pytest.raises(TypeError, match="dict"):
+        evaluate([y], 2, "seen")
+
+
+def test_model_method_names_the_wrong_model_or_setting():
+    from tutorial_lib.evaluation import model_method
+    from tutorial_lib.models import ENet, EncoderWithClassifier, Expert, KernelClassifier
+
+    single = Expert(2, channels=4, n_blocks=1)
+    with pytest.raises(ValueError, match="E-Net"):
+        model_method(EncoderWithClassifier(ENet(4), KernelClassifier(4, 29)), 2)
+    with pytest.raises(ValueError, match="built for x2 but scale=3"):
+        model_method(single, 3)
+    with pytest.raises(ValueError, match="re-fuses the experts of a mixture"):
+        model_method(single, 2, output="hard")
+    with pytest.raises(ValueError, match="output must be one of"):
+        model_method(single, 2, output="Fused")
 
 
 def test_cli_evaluate_prints_one_json_object(set5_dir, capsys):
@@ -101,6 +140,33 @@ def test_cli_demo_reads_the_checkpoint_folder_named_by_the_environment(tmp_path,
     err = capsys.readouterr().err
     assert "TUTORIAL_CHECKPOINT_DIR" in err and "Traceback" not in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_cli_train_the_readme_job_on_a_tiny_folder(tmp_path, capsys):
+    """``python -m tutorial_lib train``: one model per variant, its sidecar, and the evaluation
+    it reports equal to evaluating the saved checkpoint again."""
+    from PIL import Image
+
+    from tutorial_lib.checkpoints import load_checkpoint
+    from tutorial_lib.evaluation import model_method
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    Image.fromarray((bundled_images("test")["camera"][:48, :40] * 255).round().astype(np.uint8)).save(folder / "a.png")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--data", "bundled", "--variant", "uniform",
+                     "--out", str(out), "--evaluate-on", str(folder), "--device", "cpu", "--seed", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["variant"] == "uniform" and summary["data"] == "bundled-train" and summary["steps"] == 30
+    model, sidecar = load_checkpoint(out / "x2_uniform.pt", expected_kind="mixture", scale=2)
+    assert sidecar["prior"] == "uniform" and sidecar["seed"] == 3 and sidecar["budget"] == "smoke"
+    assert sidecar["metrics"] == summary["metrics"]
+    again = evaluate(load_folder(folder), 2, "unseen", model_method(model.eval(), 2))
+    assert summary["metrics"][str(folder)]["unseen"]["psnr"] == pytest.approx(again.psnr, abs=1e-3)
+    # --resume continues one model; with the default variant "all" it is refused in one line
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--out", str(out),
+                     "--resume", str(out / "x2_uniform.pt")]) == 2
+    assert "--resume continues one model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("tf32", [True, False])

@@ -61,6 +61,13 @@ def test_enet_rejects_bad_input():
         enet(torch.rand(2, 3, 16, 16))
     with pytest.raises(TypeError, match="floating-point"):
         enet(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
+    # float64, as torch.from_numpy gives for the library's arrays: named, with the fix
+    lr64 = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    mixture = BlindSR(ENet(4), MixtureOfExperts(4, 2, channels=4, n_blocks=1))
+    for network in (enet, Expert(2, channels=4, n_blocks=1), mixture):
+        with pytest.raises(TypeError, match=r"lr is torch.float64 but the network's weights are torch.float32"):
+            network(lr64)
+    assert Expert(2, channels=4, n_blocks=1).double()(lr64).dtype == torch.float64  # matching dtypes are fine
 
 
 def test_encoder_with_classifier_logits():

@@ -223,6 +223,9 @@ def test_bad_arguments_are_named(tiny_images):
         train_single({}, SCALE, QUICK, progress=False)
     with pytest.raises(ValueError, match="HR patch"):
         train_single([np.zeros((10, 10))], SCALE, QUICK, progress=False)
+    eight_bit = {name: (img * 255).round().astype(np.uint8) for name, img in tiny_images.items()}
+    with pytest.raises(ValueError, match="dtype uint8"):  # would train on 0-255 data
+        train_single(eight_bit, SCALE, QUICK, progress=False)
 
 
 # --------------------------------------------------------------------- determinism

@@ -37,13 +37,26 @@ def _check_scale(scale: int) -> int:
 
 
 def _check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """``img`` as float64 (H, W), or a clear error: not 2-D (a colour image gets a hint), not
+    float, NaN or inf, or values far outside [0, 1] (8-bit levels stored as floats)."""
     img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        raise ValueError(f"{name} has shape {img.shape}: expected a 2-D Y image (H, W), one channel; "
+                         "convert a colour image with tutorial_lib.metrics.rgb_to_y")
     if img.ndim != 2:
         raise ValueError(f"{name} must be a single-channel 2-D array (H, W), got shape {img.shape}")
     if not np.issubdtype(img.dtype, np.floating):
         raise ValueError(f"{name} must be float in [0, 1], got dtype {img.dtype} "
                          "(convert 8-bit images with img / 255)")
+    if not np.isfinite(img).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if img.size and (img.max() > 1.0 + _RANGE_SLACK or img.min() < -_RANGE_SLACK):
+        raise ValueError(f"{name} must be float in [0, 1], got values in [{img.min():g}, {img.max():g}]"
+                         + (" (8-bit levels? divide by 255)" if img.max() > 2.0 else ""))
     return img.astype(np.float64, copy=False)
+
+
+_RANGE_SLACK = 1e-3  # float round-off of an image in [0, 1], far below one 8-bit level (1/255)
 
 
 def _check_kernel(kernel: np.ndarray) -> np.ndarray:

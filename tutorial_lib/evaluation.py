@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import kernels as kernel_lib
-from .degradations import bicubic_upsample, degrade_with_kernels, modcrop
+from .degradations import _check_image, bicubic_upsample, degrade_with_kernels, modcrop
 from .metrics import psnr_y, ssim_y
 
 Method = Callable[[torch.Tensor], torch.Tensor]
@@ -73,6 +73,19 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     gradients, in float32 on ``device`` (default: the model's; on a GPU with TF32 switched
     off), ``batch_size`` LR images at a time; the bicubic base is computed here and passed in.
     """
+    from .models import ENet, EncoderWithClassifier
+
+    if output not in FUSION_OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(FUSION_OUTPUTS)}, got {output!r}")
+    if isinstance(model, (ENet, EncoderWithClassifier)):
+        raise ValueError(f"{type(model).__name__} is E-Net, which classifies blur and does not super-resolve; "
+                        "evaluate a mixture or a single network")
+    if output != "fused" and not hasattr(model, "mode"):
+        raise ValueError(f"output={output!r} re-fuses the experts of a mixture; {type(model).__name__} has none "
+                         "(use output='fused')")
+    model_scale = getattr(model, "scale", None)
+    if model_scale is not None and model_scale != scale:
+        raise ValueError(f"the model was built for x{model_scale} but scale={scale} was requested")
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -119,8 +132,12 @@ def evaluate(images: Mapping[str, np.ndarray], scale: int, kernels: str | np.nda
         ssim_variant: ``'skimage'`` (paper) or ``'matlab'``.
         device: where degradation runs (default CPU; the method moves data itself).
     """
+    if not isinstance(images, Mapping):
+        raise TypeError("images must be a dict {name: HR Y image (H, W) float in [0, 1]}, "
+                        f"got {type(images).__name__}")
     if not images:
         raise ValueError("evaluate needs at least one image")
+    checked = {name: _check_image(img, f"image {name!r}") for name, img in images.items()}
     if isinstance(kernels, str):
         kernel_name, kernel_array = kernels, kernel_lib.kernel_set(kernels)
     else:
@@ -141,7 +158,7 @@ def evaluate(images: Mapping[str, np.ndarray], scale: int, kernels: str | np.nda
         from tqdm.auto import tqdm
         iterator = tqdm(names, desc="evaluate", leave=False)
     for row, name in enumerate(iterator):
-        hr = modcrop(np.asarray(images[name], dtype=np.float64), scale)
+        hr = modcrop(checked[name], scale)
         if min(hr.shape) <= 2 * scale + 7 or min(hr.shape) < kernel_array.shape[-1]:
             raise ValueError(f"image {name!r} of size {hr.shape[0]}x{hr.shape[1]} is too small "
                              f"to evaluate at scale {scale} with {kernel_array.shape[-1]}x"

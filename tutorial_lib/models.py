@@ -84,12 +84,16 @@ def _bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False, antialias=True)
 
 
-def _check_lr(lr: torch.Tensor, name: str = "lr") -> None:
-    """Raise a clear error unless ``lr`` is a float tensor of shape (B, 1, h, w)."""
+def _check_lr(lr: torch.Tensor, name: str = "lr", like: torch.Tensor | None = None) -> None:
+    """Raise a clear error unless ``lr`` is a float tensor of shape (B, 1, h, w), of the
+    dtype of the weights ``like`` when given (autocast casts inside the network itself)."""
     if not isinstance(lr, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 1, h, w), got {type(lr).__name__}")
     if not lr.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {lr.dtype}")
+    if like is not None and lr.dtype != like.dtype and not torch.is_autocast_enabled(lr.device.type):
+        raise TypeError(f"{name} is {lr.dtype} but the network's weights are {like.dtype}: pass "
+                        f"{name}.to({like.dtype}) (evaluation.model_method does this for you)")
     if lr.ndim != 4 or lr.shape[1] != 1:
         raise ValueError(f"{name} must have shape (B, 1, h, w) (one Y channel), got {tuple(lr.shape)}")
 
@@ -167,7 +171,7 @@ class ENet(nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """Scores ``s``: (B, 1, h, w) in [0, 1] -> (B, M), unnormalised log-probabilities."""
-        _check_lr(lr)
+        _check_lr(lr, like=next(self.parameters()))
         x = self.features(lr - self.input_offset)
         x = x.mean(dim=(2, 3))  # global average pooling -> (B, 256)
         return self.fc(self.dropout(x))
@@ -341,7 +345,7 @@ class Expert(nn.Module):
 
     def residual(self, lr: torch.Tensor) -> torch.Tensor:
         """Residual ``R(L)``: (B, 1, h, w) in [0, 1] -> (B, 1, u*h, u*w), unbounded."""
-        _check_lr(lr)
+        _check_lr(lr, like=self.head.weight)
         return _residual_forward(self, lr)
 
     def forward(self, lr: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
@@ -350,14 +354,14 @@ class Expert(nn.Module):
         ``base`` is the bicubic upsampling ``L~`` (B, 1, u*h, u*w); computed if ``None``.
         The output is not clipped (evaluation clips to [0, 1] before rounding).
         """
-        _check_lr(lr)
+        _check_lr(lr, like=self.head.weight)
         return _resolve_base(lr, base, self.scale) + _residual_forward(self, lr)
 
     @torch.no_grad()
     def stream_magnitudes(self, lr: torch.Tensor) -> list[float]:
         """Mean |x| of the residual stream after the head and after each of the
         ``n_blocks + 1`` blocks: a diagnostic for how the initialisation behaves."""
-        _check_lr(lr)
+        _check_lr(lr, like=self.head.weight)
         trace: list[torch.Tensor] = []
         _residual_forward(self, lr, trace)
         return [t.abs().mean().item() for t in trace]
@@ -471,7 +475,7 @@ class MixtureOfExperts(nn.Module):
 
     def residuals(self, lr: torch.Tensor) -> torch.Tensor:
         """Each expert's residual: (B, 1, h, w) in [0, 1] -> (B, M, 1, u*h, u*w)."""
-        _check_lr(lr)
+        _check_lr(lr, like=self.head.weight)
         return _residual_forward(self, lr).unsqueeze(2)
 
     def forward(self, lr: torch.Tensor, q: torch.Tensor, base: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -618,7 +622,7 @@ class BlindSR(nn.Module):
             (B, 1, u*h, u*w).
         """
         mode = self._check_mode(self.mode if mode is None else mode)
-        _check_lr(lr)
+        _check_lr(lr, like=next(self.parameters()))
         b, m = lr.shape[0], self.mixture.M
         if mode == "average":
             scores = None

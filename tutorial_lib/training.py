@@ -144,7 +144,7 @@ from .config import (
     seed_everything,
     tune_cpu_allocator,
 )
-from .degradations import PatchSampler, bicubic_upsample, degrade_with_kernels, modcrop
+from .degradations import PatchSampler, _check_image, bicubic_upsample, degrade_with_kernels, modcrop
 from .models import (
     BlindSR,
     EncoderWithClassifier,
@@ -491,12 +491,13 @@ class _ProgressBar:
             self.bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
 
     def update(self, done: int, new_steps: int, elapsed: float, loss: float) -> None:
+        # the postfix first, so that the redraw of update() shows this log's numbers
         if self.by_time:
-            self.bar.update(min(elapsed, self.bar.total) - self.bar.n)
             self.bar.set_postfix(steps=done, loss=f"{loss:.4g}", refresh=False)
+            self.bar.update(min(elapsed, self.bar.total) - self.bar.n)
         else:
-            self.bar.update(new_steps)
             self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self.bar.update(new_steps)
 
     def close(self) -> None:
         self.bar.close()
@@ -581,18 +582,15 @@ def _as_image_list(images: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.
     """``{name: Y}``, a list of Y images or one Y image -> (list of float64 (H, W), names)."""
     if isinstance(images, Mapping):
         names = [str(n) for n in images]
-        arrays = [np.asarray(images[n], dtype=np.float64) for n in images]
+        arrays = [np.asarray(images[n]) for n in images]
     elif isinstance(images, np.ndarray) and images.ndim == 2:
-        names, arrays = ["image_0"], [np.asarray(images, dtype=np.float64)]
+        names, arrays = ["image_0"], [images]
     else:
-        arrays = [np.asarray(img, dtype=np.float64) for img in images]
+        arrays = [np.asarray(img) for img in images]
         names = [f"image_{i}" for i in range(len(arrays))]
     if not arrays:
         raise ValueError("images must hold at least one HR image (H, W) in [0, 1]")
-    for name, img in zip(names, arrays):
-        if img.ndim != 2:
-            raise ValueError(f"image {name!r} must be a 2-D Y image (H, W) in [0, 1], got shape {img.shape}")
-    return arrays, names
+    return [_check_image(img, f"image {name!r}") for name, img in zip(names, arrays)], names
 
 
 def _kernel_array(kernels: str | np.ndarray) -> tuple[np.ndarray, str]:
@@ -1138,7 +1136,7 @@ class _WithMode(nn.Module):
 
     def __init__(self, model: BlindSR, mode: str) -> None:
         super().__init__()
-        self.model, self.mode = model, mode
+        self.model, self.mode, self.scale = model, mode, model.scale
         self.name = f"{type(model).__name__}[{mode}]"
 
     def forward(self, lr: torch.Tensor, base: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
@@ -1149,7 +1147,7 @@ def evaluate_model(
     model: nn.Module | str,
     images: Mapping[str, np.ndarray],
     scale: int,
-    kernels: Sequence[str] = ("seen", "unseen"),
+    kernels: Sequence[str] | str = ("seen", "unseen"),
     max_side: int | None = None,
     output: str | None = None,
     posterior_tile: int | None = None,
@@ -1163,6 +1161,8 @@ def evaluate_model(
     ``None`` keeps the model's own setting, by default the whole image). ``max_side``
     centre-crops the images first (for quick checks; ``None`` = whole images).
     """
+    if isinstance(kernels, str):  # one group given as a name
+        kernels = (kernels,)
     if posterior_tile is not None:
         if not isinstance(model, BlindSR):
             raise ValueError("posterior_tile is for a mixture (BlindSR)")
