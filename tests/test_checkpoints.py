@@ -155,6 +155,10 @@ def test_missing_files_are_reported(tmp_path):
         load_checkpoint(tmp_path / "nothing.pt")
     path = tmp_path / "m.pt"
     save_checkpoint(_models()["single"], path)
+    with pytest.raises(CheckpointError, match="is the sidecar of a checkpoint; pass the weights file m.pt"):
+        load_checkpoint(sidecar_path(path))  # the .json beside it, an easy slip
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
     sidecar_path(path).unlink()
     with pytest.raises(CheckpointError, match="no sidecar"):
         load_checkpoint(path)
@@ -237,6 +241,32 @@ def test_resume_a_mixture_and_an_encoder(tmp_path, tiny_images):
     with pytest.raises(CheckpointError, match="cannot resume variant 'hard'"):
         training.train_mixture(tiny_images, 2, budget, encoder=encoder, variant="hard", progress=False,
                                resume_from=mix_path)
+
+
+def test_a_resume_is_checked_before_anything_trains_and_the_cli_resumes_with_the_saved_prior(
+        tmp_path, tiny_images, monkeypatch, capsys):
+    budget = training.with_overrides("smoke", joint_steps=3, pretrain_steps=3)
+    encoder, h_pre = training.pretrain_encoder(tiny_images, 2, budget, progress=False)
+    training.save_trained(encoder, tmp_path / "x2_encoder.pt", "encoder", h_pre, budget, 0, config={"scale": 2})
+    single, h_single = training.train_single(tiny_images, 2, budget, progress=False)
+    single_path = training.save_trained(single, tmp_path / "x2_single.pt", "single", h_single, budget, 0)
+    mixture, h_mix = training.train_mixture(tiny_images, 2, budget, encoder=encoder, progress=False)
+    mix_path = training.save_trained(mixture, tmp_path / "x2_mixture.pt", "mixture", h_mix, budget, 0)
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("E-Net was pre-trained")
+
+    monkeypatch.setattr(training, "pretrain_encoder", no_pretraining)
+    with pytest.raises(CheckpointError, match="expected 'mixture'"):  # not after a pre-training
+        training.train_mixture(tiny_images, 2, budget, progress=False, resume_from=single_path)
+    # the CLI resumes a mixture with x2_encoder.pt beside it as the prior: nothing is pre-trained again
+    from tutorial_lib import cli, data
+
+    monkeypatch.setattr(data, "load_images", lambda source: tiny_images)
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--variant", "mixture", "--out", str(tmp_path),
+                     "--resume", str(mix_path), "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 + training.get_training_budget("smoke").joint_steps
 
 
 def test_checkpoint_dir_is_the_shipped_folder_unless_the_variable_names_another(tmp_path, monkeypatch):

@@ -35,6 +35,11 @@ def test_cuda_request_without_cuda_is_a_clear_error():
         config.get_device("cuda")
 
 
+def test_a_device_torch_does_not_know_is_named():
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'.*'gpu'"):
+        config.get_device("gpu")
+
+
 def test_allocator_tuning_is_applied_once_and_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(config, "_allocator_state", None)
     monkeypatch.setenv("TUTORIAL_CPU_ALLOCATOR", "default")

@@ -30,6 +30,14 @@ def test_psnr_matches_skimage_on_rounded_shaved_images(real_pair):
     assert M.psnr_y(hr, sr, shave_border=3) == pytest.approx(expected, abs=1e-10)
 
 
+def test_8_bit_images_are_refused_not_scored():
+    levels = np.full((8, 8), 128, dtype=np.uint8)
+    for call in (lambda: M.psnr_y(levels, levels), lambda: M.ssim_y(levels.astype(float) / 255, levels),
+                 lambda: M.rgb_to_y(np.zeros((4, 4, 3), dtype=np.uint8))):
+        with pytest.raises(ValueError, match="float in \\[0, 1\\].*uint8"):
+            call()
+
+
 def test_psnr_rounds_and_clips_the_estimate():
     hr = np.full((8, 8), 100 / 255)
     # within half a level of the truth and overshooting values clip to the same 8-bit image

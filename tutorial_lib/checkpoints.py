@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import folder_from_environment
+from .config import folder_from_environment, get_device
 from .models import (
     BlindSR,
     EncoderWithClassifier,
@@ -363,8 +363,14 @@ def load_checkpoint(
     The model is returned on ``device`` in eval mode.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a folder; pass a checkpoint file in it, e.g. x2_mixture.pt")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    if path.suffix == ".json" or path.name.endswith(".opt.pt"):
+        what = "sidecar" if path.suffix == ".json" else "optimiser state"
+        weights = path.name[:-len(".opt.pt")] + ".pt" if path.suffix != ".json" else path.with_suffix(".pt").name
+        raise CheckpointError(f"{str(path)!r} is the {what} of a checkpoint; pass the weights file {weights}")
     sidecar = read_sidecar(path)
     kind = sidecar["kind"]
     if expected_kind is not None and expected_kind not in KINDS:
@@ -404,7 +410,7 @@ def load_checkpoint(
         detail = " ".join(line.strip() for line in first[:4])
         raise CheckpointError(f"the weights in {str(path)!r} do not fit the {kind!r} architecture "
                               f"{sidecar['architecture']}: {detail}") from None
-    return model.to(device).eval(), sidecar
+    return model.to(get_device(device)).eval(), sidecar
 
 
 # ----------------------------------------------------------------------- optimiser state

@@ -67,7 +67,10 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     """
     if device is None:
         device = os.environ.get("TUTORIAL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
     return device

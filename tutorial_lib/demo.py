@@ -8,14 +8,13 @@ mixture, and writes ``demo_x{u}.png`` (a figure) and ``demo_x{u}.json`` (the tab
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import kernels as kernel_lib
+from .checkpoints import _atomic_write  # temporary file, usual permissions, rename
 from .degradations import bicubic_upsample, degrade, modcrop
 from .metrics import psnr_y, ssim_y
 
@@ -52,17 +51,6 @@ def _restore(model: torch.nn.Module, lr: np.ndarray, scale: int) -> np.ndarray:
     if isinstance(out, dict):
         out = out["fused"]
     return out[0, 0].double().numpy()
-
-
-def _write_atomic(path: Path, write) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run_demo(image: str = "chelsea", scale: int = 2, out_dir: Path = Path("demo_output"),
@@ -112,12 +100,12 @@ def run_demo(image: str = "chelsea", scale: int = 2, out_dir: Path = Path("demo_
     fig.suptitle(f"'{name}' ×{scale}: 96×96 HR crops (Y channel)", fontsize=10)
     fig.tight_layout()
     figure_path = out_dir / f"demo_x{scale}.png"
-    _write_atomic(figure_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _atomic_write(figure_path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
     json_path = out_dir / f"demo_x{scale}.json"
     payload = {"image": name, "scale": scale, "rows": rows}
-    _write_atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     header = f"{'kernels':8s} {'kernel':26s} {'method':16s} {'PSNR':>7s} {'SSIM':>7s}"
     lines = [header, "-" * len(header)]
     lines += [f"{r['kernel_group']:8s} {r['kernel']:26s} {r['method']:16s} {r['psnr']:7.2f} "

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from . import kernels as kernel_lib
+from .config import get_device
 from .degradations import _check_image, bicubic_upsample, degrade_with_kernels, modcrop
 from .metrics import psnr_y, ssim_y
+from .models import EncoderWithClassifier, ENet
 
 Method = Callable[[torch.Tensor], torch.Tensor]
 FUSION_OUTPUTS = ("fused", "hard", "average")
@@ -73,8 +75,6 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     gradients, in float32 on ``device`` (default: the model's; on a GPU with TF32 switched
     off), ``batch_size`` LR images at a time; the bicubic base is computed here and passed in.
     """
-    from .models import ENet, EncoderWithClassifier
-
     if output not in FUSION_OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(FUSION_OUTPUTS)}, got {output!r}")
     if isinstance(model, (ENet, EncoderWithClassifier)):
@@ -86,9 +86,7 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     model_scale = getattr(model, "scale", None)
     if model_scale is not None and model_scale != scale:
         raise ValueError(f"the model was built for x{model_scale} but scale={scale} was requested")
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
+    device = next(model.parameters()).device if device is None else get_device(device)
 
     @torch.no_grad()
     def method(lr: torch.Tensor) -> torch.Tensor:
@@ -148,7 +146,7 @@ def evaluate(images: Mapping[str, np.ndarray], scale: int, kernels: str | np.nda
         if method != "bicubic":
             raise ValueError(f"method must be 'bicubic' or a callable, got {method!r}")
         method = bicubic_method(scale)
-    device = torch.device(device or "cpu")
+    device = get_device(device or "cpu")
     start = time.perf_counter()
     names = list(images)
     psnrs = np.zeros((len(names), len(kernel_array)))

@@ -18,12 +18,17 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise ValueError(f"rgb must have shape (H, W, 3), got {rgb.shape}")
+    if not np.issubdtype(rgb.dtype, np.floating):
+        raise ValueError(f"rgb must be float in [0, 1], got dtype {rgb.dtype} (divide 8-bit images by 255)")
     return (16.0 / 255.0) + rgb.astype(np.float64) @ _BT601_Y
 
 
 # ------------------------------------------------------------------------------- PSNR
 def _check_pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     reference, estimate = np.asarray(reference), np.asarray(estimate)
+    for name, img in (("reference", reference), ("estimate", estimate)):
+        if not np.issubdtype(img.dtype, np.floating):
+            raise ValueError(f"{name} must be float in [0, 1], got dtype {img.dtype} (divide 8-bit images by 255)")
     if reference.shape != estimate.shape:
         raise ValueError(f"images differ in shape: reference {reference.shape}, "
                          f"estimate {estimate.shape}")

@@ -144,7 +144,13 @@ from .config import (
     seed_everything,
     tune_cpu_allocator,
 )
-from .degradations import PatchSampler, _check_image, bicubic_upsample, degrade_with_kernels, modcrop
+from .degradations import (
+    PatchSampler,
+    _check_image,
+    bicubic_upsample,
+    degrade_with_kernels,
+    modcrop,
+)
 from .models import (
     BlindSR,
     EncoderWithClassifier,
@@ -898,7 +904,10 @@ def train_mixture(
         M: number of experts.
         resume_from: a ``'mixture'`` checkpoint of the same variant to continue from (its
             weights and step count, and its optimiser state when the ``.opt.pt`` is there);
-            the learning-rate schedule restarts (a warm restart).
+            the learning-rate schedule restarts (a warm restart). It is checked before
+            anything trains. The prior ``q_hat`` is not part of a mixture checkpoint: pass the
+            pre-trained ``encoder`` it was trained with (``train_all`` saves it as
+            ``x{u}_encoder.pt``), else E-Net is pre-trained again here.
         init_experts: start every expert as a copy of this network (for example a single
             network from :func:`train_single` with the same budget) instead of at random, as
             the paper does. Not a paper setting: a budget experiment (README, notebook 04).
@@ -925,6 +934,16 @@ def train_mixture(
     arrays, names = _as_image_list(images)
     kernel_array, kernel_name = _kernel_array(kernels)
     uses_pretrained = variant != "average" and prior == "pretrained"
+    if init_experts is not None and resume_from is not None:
+        raise ValueError("init_experts and resume_from exclude each other: a resumed run keeps its experts")
+    resumed = None
+    if resume_from is not None:  # checked before any pre-training time is spent
+        resumed = load_checkpoint(resume_from, expected_kind="mixture", scale=scale)
+        resumed_model, sidecar = resumed
+        recorded = sidecar.get("variant", {"fused": "elbo"}.get(sidecar["architecture"].get("mode"), variant))
+        if recorded != variant or resumed_model.mixture.M != M:
+            raise CheckpointError(f"{resume_from} holds a {recorded!r} mixture of M={resumed_model.mixture.M}; "
+                                  f"cannot resume variant {variant!r} with M={M} from it")
 
     pretrain_history = None
     if uses_pretrained and encoder is None:
@@ -937,8 +956,6 @@ def train_mixture(
     seed_everything(seed)
     mixture = MixtureOfExperts(M, scale, channels=budget.channels, n_blocks=budget.n_blocks)
     if init_experts is not None:
-        if resume_from is not None:
-            raise ValueError("init_experts and resume_from exclude each other: a resumed run keeps its experts")
         if variant == "average":
             raise ValueError("init_experts does not apply to variant 'average': the loss of the mean gives every "
                              "expert the same gradient, so identical copies would stay identical")
@@ -956,12 +973,8 @@ def train_mixture(
         enet = ENet(M)
     model = BlindSR(enet, mixture, mode=_MODE_OF_VARIANT[variant])
     start_step = 0
-    if resume_from is not None:
-        model, sidecar = load_checkpoint(resume_from, expected_kind="mixture", scale=scale)
-        recorded = sidecar.get("variant", {"fused": "elbo"}.get(sidecar["architecture"].get("mode"), variant))
-        if recorded != variant or model.mixture.M != M:
-            raise CheckpointError(f"{resume_from} holds a {recorded!r} mixture of M={model.mixture.M}; "
-                                  f"cannot resume variant {variant!r} with M={M} from it")
+    if resumed is not None:
+        model, sidecar = resumed
         start_step = int(sidecar.get("steps", 0))
     prior_enet = None
     if variant == "elbo" and prior == "pretrained":
@@ -1417,8 +1430,10 @@ def train_from_cli(
     else anything :func:`tutorial_lib.data.load_images` accepts. ``variant``: ``all``
     (encoder + mixture + single), ``encoder``, ``mixture``, ``single``, or an ablation
     ``average``, ``uniform`` (without pre-training), ``hard`` (hard selection with
-    training). ``resume`` continues one model (not with ``all``). ``evaluate_on``: images to
-    evaluate on afterwards (PSNR/SSIM on seen and unseen kernels).
+    training). ``resume`` continues one model (not with ``all``); a mixture resumes with the
+    pre-trained E-Net ``x{scale}_encoder.pt`` beside the checkpoint as its prior when that file
+    is there (``train_all`` writes it), else E-Net is pre-trained again. ``evaluate_on``: images
+    to evaluate on afterwards (PSNR/SSIM on seen and unseen kernels).
     """
     from .data import load_images
 
@@ -1451,6 +1466,10 @@ def train_from_cli(
         elif variant in ("mixture", "average", "uniform", "hard"):
             kwargs = {"mixture": {}, "average": {"variant": "average"}, "uniform": {"prior": "uniform"},
                       "hard": {"variant": "hard"}}[variant]
+            beside = Path(resume).with_name(f"x{scale}_encoder.pt") if resume else None
+            if beside is not None and beside.is_file() and variant in ("mixture", "hard"):
+                # the prior a resumed mixture was trained with, when train_all saved it beside the mixture
+                kwargs["encoder"] = load_checkpoint(beside, expected_kind="encoder", scale=scale)[0]
             model, history = train_mixture(images, scale, budget_obj, M=M, seed=seed, device=device, progress=show,
                                            resume_from=resume, **kwargs)
             kind, name = "mixture", variant
