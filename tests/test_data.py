@@ -29,8 +29,10 @@ def rgb_uint8() -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def no_data_env(monkeypatch):
-    """Keep the user's data-folder environment variables out of the tests."""
-    for variable in ("TUTORIAL_DATA_DIR", "TUTORIAL_SET5_DIR", "TUTORIAL_FAKE_DIR"):
+    """Keep the user's data-folder environment variables out of the tests, and a proxy (common on
+    CI machines) away from the local servers and closed ports the download tests talk to."""
+    for variable in ("TUTORIAL_DATA_DIR", "TUTORIAL_SET5_DIR", "TUTORIAL_FAKE_DIR", "http_proxy", "HTTP_PROXY",
+                     "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(variable, raising=False)
 
 
