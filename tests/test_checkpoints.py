@@ -222,6 +222,13 @@ def test_resume_continues_the_step_count(tmp_path, tiny_images):
     resumed, again = training.train_single(tiny_images, 2, budget, progress=False, resume_from=path)
     assert again["step"] == [5, 6, 7, 8] and again.meta["steps"] == 8 and again.meta["start_step"] == 4
     assert not _same_weights(resumed, model)  # it trained on
+    # from the saved weights and optimiser, not from a fresh start: at learning rate 0 the weights stay the
+    # saved ones, and Adam's step count goes on from the saved state's 4
+    frozen, kept = training.train_single(tiny_images, 2, training.with_overrides(budget, mixture_lr=0.0),
+                                         progress=False, resume_from=path)
+    assert _same_weights(frozen, model)
+    steps = {float(s["step"]) for s in kept.optimizer_state["states"][0]["state"].values()}
+    assert steps == {8.0}
     with pytest.raises(CheckpointError, match="trained for ×2, requested ×3"):
         training.train_single(tiny_images, 3, budget, progress=False, resume_from=path)
     with pytest.raises(CheckpointError, match="expected 'mixture'"):

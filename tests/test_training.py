@@ -320,6 +320,7 @@ def test_encoder_accuracy_on_whole_images(encoder, test_images):
     assert (acc["confusion"].sum(axis=1) == 2).all()  # each kernel once per image
     assert 0 <= acc["top1"] <= acc["top3"] <= 1
     assert acc["top1"] <= acc["top1_distinct"] <= 1  # duplicate kernels count as right
+    assert acc["top1"] == pytest.approx(np.trace(acc["confusion"]) / 58)  # the diagonal of its confusion
     assert not model.training
 
     state = encoder_accuracy(model.enet, test_images, SCALE)  # a bare E-Net: M-way states
@@ -359,6 +360,15 @@ def test_recalibrate_batchnorm_sets_whole_image_statistics(encoder, test_images)
     after = model.enet.features[1].running_mean
     assert not torch.equal(before, after) and not model.training
     assert model.enet.features[1].momentum == encoder[0].enet.features[1].momentum
+    # the first BatchNorm's running mean is now the average, over the whole-image batches (one image x
+    # every seen kernel each), of the mean response of the conv before it
+    from tutorial_lib import kernels as K
+
+    enet = model.enet
+    with torch.no_grad():
+        batch_means = [enet.features[0](lr - enet.input_offset).mean(dim=(0, 2, 3)) for lr in
+                       training._whole_image_batches(list(test_images.values()), K.kernel_set("seen"), SCALE, None)]
+    torch.testing.assert_close(after, torch.stack(batch_means).mean(dim=0), rtol=1e-4, atol=1e-6)
 
 
 def test_evaluate_model_modes_and_bicubic(tiny_images, encoder, test_images):
