@@ -169,6 +169,32 @@ def test_pretrained_prior_and_initialisation_come_from_the_encoder(tiny_images, 
     assert history["kl"][0] >= 0
 
 
+def test_the_kl_prior_is_the_given_pretrained_encoder(tiny_images, monkeypatch):
+    """q_hat of Eq. (12) comes from the encoder passed in (frozen, eval mode), and is absent for the
+    uniform prior: an E-Net whose last layer ignores its input gives one known posterior."""
+    logits = torch.tensor([3.0, 1.0, 0.0, -1.0])
+    enet = ENet(4)
+    with torch.no_grad():
+        enet.fc.weight.zero_()
+        enet.fc.bias.copy_(logits)
+    priors = []
+    real = training.elbo_loss
+
+    def spy(experts, hr, q, q_prior, **kwargs):
+        priors.append(None if q_prior is None else q_prior.detach().clone())
+        return real(experts, hr, q, q_prior, **kwargs)
+
+    monkeypatch.setattr(training, "elbo_loss", spy)
+    budget = with_overrides(QUICK, joint_steps=2)
+    train_mixture(tiny_images, SCALE, budget, encoder=enet, progress=False)
+    assert len(priors) == 2
+    for q_prior in priors:
+        torch.testing.assert_close(q_prior, torch.softmax(logits, 0).expand_as(q_prior))
+    priors.clear()
+    train_mixture(tiny_images, SCALE, budget, prior="uniform", progress=False)
+    assert priors == [None, None]
+
+
 def test_experts_can_start_as_copies_of_one_network(tiny_images, encoder):
     single, _ = train_single(tiny_images, SCALE, QUICK, progress=False)
     frozen = with_overrides(QUICK, joint_steps=1, mixture_lr=0.0)  # lr 0: the experts stay as they started
