@@ -240,6 +240,15 @@ def test_train_single_returns_expert(tiny_images):
     assert history["psnr"][0] == pytest.approx(-10 * math.log10(history["mse"][0]))
 
 
+def test_a_budget_no_run_could_use_is_refused_by_name():
+    for change, name in ((dict(log_every=0), "log_every"), (dict(batch_size=0), "batch_size"),
+                         (dict(joint_seconds=float("nan")), "joint_seconds"), (dict(schedule="linear"), "schedule"),
+                         (dict(mixture_lr=-1e-3), "mixture_lr"), (dict(clip_value=0.0), "clip_value")):
+        with pytest.raises(ValueError, match=f"budget {name}"):
+            with_overrides(QUICK, **change)
+    assert with_overrides(QUICK, clip_value=float("inf"), joint_seconds=None).clip_value == float("inf")
+
+
 def test_bad_arguments_are_named(tiny_images):
     with pytest.raises(ValueError, match="variant"):
         train_mixture(tiny_images, SCALE, QUICK, variant="soft", progress=False)

@@ -243,6 +243,32 @@ class Budget:
     recalibrate_bn: bool  # recompute E-Net BatchNorm statistics on whole images after training
     compile: bool = False  # torch.compile on CUDA
 
+    def __post_init__(self) -> None:
+        """Refuse a setting no run could use, naming it (also for :func:`with_overrides`)."""
+        choices = {"clock": ("steps", "time"), "optimizer": ("adam", "sgd"),
+                   "schedule": ("cosine", "step", "constant")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"budget {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("pretrain_steps", "pretrain_batch", "enet_patch", "joint_steps", "batch_size", "lr_patch",
+                     "channels", "n_blocks", "hard_stage_steps", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"budget {name} must be a positive integer, got {value!r}")
+        for name in ("pretrain_seconds", "joint_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"budget {name} must be a positive number of seconds or None, got {value!r}")
+        for name in ("pretrain_lr", "mixture_lr", "enet_lr", "lam", "pretrain_momentum", "momentum",
+                     "pretrain_weight_decay", "final_lr_factor", "warmup_fraction"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"budget {name} must be a finite number >= 0, got {value!r}")
+        if not self.clip_value > 0:  # inf: no clipping
+            raise ValueError(f"budget clip_value must be a positive number (inf: no clipping), got {self.clip_value!r}")
+        if self.eval_max_side is not None and self.eval_max_side < 1:
+            raise ValueError(f"budget eval_max_side must be a positive integer or None, got {self.eval_max_side!r}")
+
     def summary(self) -> dict[str, Any]:
         """The budget as a plain dict (for sidecars and notebooks)."""
         return asdict(self)
