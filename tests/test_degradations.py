@@ -77,6 +77,15 @@ def test_degrade_modcrops_and_adds_noise(photo):
                                0.01 * np.random.default_rng(0).standard_normal((10, 9)), atol=1e-15)
 
 
+def test_an_integer_seed_makes_torch_noise_repeatable(photo):
+    hr = torch.from_numpy(photo[:32, :32].copy())[None, None]
+    kernel = K.kernel_set("seen")[0]
+    first, again = (D.degrade(hr, kernel, 2, noise_sigma=0.05, rng=7) for _ in range(2))
+    assert torch.equal(first, again) and not torch.equal(first, D.degrade(hr, kernel, 2, noise_sigma=0.05, rng=8))
+    with pytest.raises(TypeError, match="torch.Generator"):
+        D.degrade(photo, kernel, 2, noise_sigma=0.05, rng=torch.Generator())
+
+
 def test_bad_input_gets_clear_errors(photo):
     kernel = K.kernel_set("seen")[0]
     with pytest.raises(ValueError, match="2-D"):

@@ -119,11 +119,19 @@ def degrade(hr: np.ndarray | torch.Tensor, kernel: np.ndarray | torch.Tensor, sc
 
     - NumPy: ``hr`` (H, W) float in [0, 1] and ``kernel`` (k, k) -> LR (H//u, W//u) float64.
     - Torch: ``hr`` (B, 1, H, W) and ``kernel`` (k, k) or (B, k, k), one kernel per image ->
-      LR (B, 1, H//u, W//u) on ``hr``'s device. Noise then uses torch's global generator
-      (or pass ``rng`` as a ``torch.Generator``).
+      LR (B, 1, H//u, W//u) on ``hr``'s device. Noise then uses torch's global generator,
+      or ``rng``: a ``torch.Generator`` or an integer seed.
     """
     if isinstance(hr, torch.Tensor):
+        if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+            rng = torch.Generator(device=hr.device).manual_seed(int(rng))
+        elif rng is not None and not isinstance(rng, torch.Generator):
+            raise TypeError(f"for a torch hr, rng must be a torch.Generator, an integer seed or None, "
+                            f"got {type(rng).__name__}")
         return degrade_torch(hr, kernel, scale, noise_sigma=noise_sigma, generator=rng)
+    if isinstance(rng, torch.Generator):
+        raise TypeError("for a NumPy hr, rng must be a numpy.random.Generator, an integer seed or None, "
+                        "got a torch.Generator")
     hr = modcrop(_check_image(hr, "hr"), scale)
     lr = downsample(blur(hr, kernel), scale)
     return add_noise(lr, noise_sigma, rng) if noise_sigma else lr
