@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,16 @@ def test_enet_dropout_only_in_training_mode():
     assert torch.equal(enet(lr), enet(lr))
     enet.train()
     assert enet(lr).shape == (4, 4)
+
+
+def test_architectures_are_checked_by_name():
+    assert Expert(np.int64(2), channels=4, n_blocks=1).scale == 2  # a NumPy integer is an integer
+    with pytest.raises(ValueError, match="channels must be an integer >= 1"):
+        Expert(2, channels=0)
+    with pytest.raises(ValueError, match="M \\(number of experts\\) must be an integer >= 1, got 2.5"):
+        MixtureOfExperts(2.5, 2)
+    with pytest.raises(ValueError, match="scale"):
+        MixtureOfExperts(4, 1)
 
 
 def test_enet_rejects_bad_input():

@@ -46,6 +46,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,9 +100,17 @@ def _check_lr(lr: torch.Tensor, name: str = "lr", like: torch.Tensor | None = No
 
 
 def _check_scale(scale: int) -> int:
-    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 2:
         raise ValueError(f"scale must be an integer upscaling factor >= 2, got {scale!r}")
-    return scale
+    return int(scale)
+
+
+def _check_widths(channels: int, n_blocks: int, up_channels: int, M: int = 1) -> None:
+    """Positive integer widths (``n_blocks`` may be 0: no residual block)."""
+    for name, value, least in (("channels", channels, 1), ("n_blocks", n_blocks, 0), ("up_channels", up_channels, 1),
+                               ("M (number of experts)", M, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def _resolve_base(lr: torch.Tensor, base: torch.Tensor | None, scale: int) -> torch.Tensor:
@@ -322,7 +331,8 @@ class Expert(nn.Module):
     ) -> None:
         super().__init__()
         self.scale = _check_scale(scale)
-        self.channels, self.n_blocks, self.up_channels = channels, n_blocks, up_channels
+        _check_widths(channels, n_blocks, up_channels)
+        self.channels, self.n_blocks, self.up_channels = int(channels), int(n_blocks), int(up_channels)
         self.deconv_relu = deconv_relu
         self.input_offset = input_offset
         self.head = nn.Conv2d(1, channels, 3, padding=1)
@@ -399,11 +409,10 @@ class MixtureOfExperts(nn.Module):
         input_offset: float = 0.5,
     ) -> None:
         super().__init__()
-        if M < 1:
-            raise ValueError(f"M (number of experts) must be >= 1, got {M}")
-        self.M = M
+        _check_widths(channels, n_blocks, up_channels, M)
+        self.M = int(M)
         self.scale = _check_scale(scale)
-        self.channels, self.n_blocks, self.up_channels = channels, n_blocks, up_channels
+        self.channels, self.n_blocks, self.up_channels = int(channels), int(n_blocks), int(up_channels)
         self.deconv_relu = deconv_relu
         self.input_offset = input_offset
         mc = M * channels
