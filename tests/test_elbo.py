@@ -168,6 +168,15 @@ def test_toy_training_is_deterministic_and_loss_decreases(toy_data: E.ToyData) -
     assert pre[-5:].mean() < pre[:5].mean()
 
 
+def test_toy_settings_are_checked_by_name(toy_data: E.ToyData) -> None:
+    for kwargs, name in ((dict(n_experts=0), "n_experts"), (dict(steps=0), "steps"), (dict(lam=-0.1), "lam")):
+        with pytest.raises(ValueError, match=name):
+            E.train_toy_mixture(toy_data, **kwargs)
+    for kwargs, name in ((dict(n_kernels=0), "n_kernels"), (dict(scale=0), "scale")):
+        with pytest.raises(ValueError, match=name):
+            E.make_toy_data(10, **kwargs)
+
+
 def test_identity_head_needs_as_many_experts_as_kernels(toy_data: E.ToyData) -> None:
     with pytest.raises(ValueError, match="head='identity'"):
         E.pretrain_gate(E.ToyGate(16, 4), toy_data, steps=1)

@@ -362,6 +362,9 @@ def make_toy_data(
     Returns:
         a :class:`ToyData`; deterministic for a given ``seed``.
     """
+    for name, value in (("n_kernels", n_kernels), ("scale", scale), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if n < n_kernels:
         raise ValueError(f"n must be at least n_kernels={n_kernels}, got {n}")
     if length % scale:
@@ -580,6 +583,11 @@ def train_toy_mixture(
     """
     if prior not in ("uniform", "pretrained"):
         raise ValueError(f"prior must be 'uniform' or 'pretrained', got {prior!r}")
+    for name, value in (("n_experts", n_experts), ("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
     seed_everything(seed)
     n_in, n_out = data.l.shape[1], data.h.shape[1]
     gate = ToyGate(n_in, n_experts)
