@@ -367,10 +367,12 @@ def load_checkpoint(
         raise CheckpointError(f"{str(path)!r} is a folder; pass a checkpoint file in it, e.g. x2_mixture.pt")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
-    if path.suffix == ".json" or path.name.endswith(".opt.pt"):
-        what = "sidecar" if path.suffix == ".json" else "optimiser state"
-        weights = path.name[:-len(".opt.pt")] + ".pt" if path.suffix != ".json" else path.with_suffix(".pt").name
-        raise CheckpointError(f"{str(path)!r} is the {what} of a checkpoint; pass the weights file {weights}")
+    if path.suffix == ".json":
+        raise CheckpointError(f"{str(path)!r} is the sidecar of a checkpoint; pass the weights file "
+                              f"{path.with_suffix('.pt').name}")
+    if path.name.endswith(".opt.pt"):
+        raise CheckpointError(f"{str(path)!r} is the optimiser state of a checkpoint; pass the weights file "
+                              f"{path.name.removesuffix('.opt.pt')}.pt")
     sidecar = read_sidecar(path)
     kind = sidecar["kind"]
     if expected_kind is not None and expected_kind not in KINDS:

@@ -36,6 +36,9 @@ def _check_scale(scale: int) -> int:
     return int(scale)
 
 
+_RANGE_SLACK = 1e-3  # float round-off of an image in [0, 1], far below one 8-bit level (1/255)
+
+
 def _check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
     """``img`` as float64 (H, W), or a clear error: not 2-D (a colour image gets a hint), not
     float, NaN or inf, or values far outside [0, 1] (8-bit levels stored as floats)."""
@@ -54,9 +57,6 @@ def _check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
         raise ValueError(f"{name} must be float in [0, 1], got values in [{img.min():g}, {img.max():g}]"
                          + (" (8-bit levels? divide by 255)" if img.max() > 2.0 else ""))
     return img.astype(np.float64, copy=False)
-
-
-_RANGE_SLACK = 1e-3  # float round-off of an image in [0, 1], far below one 8-bit level (1/255)
 
 
 def _check_kernel(kernel: np.ndarray) -> np.ndarray:
