@@ -328,6 +328,19 @@ def test_loss_decreases_on_a_fixed_batch(tiny_images, encoder, fixed_batches):
     assert np.mean(history["loss"][-5:]) < 0.75 * np.mean(history["loss"][:5])
 
 
+@pytest.mark.parametrize("kwargs", [{"variant": "average"}, {"prior": "uniform"}, {"variant": "hard"}],
+                         ids=["average", "uniform-prior", "hard"])
+def test_every_ablation_learns_a_fixed_batch(tiny_images, encoder, fixed_batches, kwargs):
+    """The reconstruction term, what each variant trains its experts on, falls on a batch seen again and again
+    (for 'hard', over the steps in which the experts train: every other stage of hard_stage_steps)."""
+    budget = with_overrides(QUICK, joint_steps=30, schedule="constant")
+    _, history = train_mixture(tiny_images, SCALE, budget, encoder=encoder[0], progress=False, **kwargs)
+    recon = np.array(history["recon"])
+    if kwargs.get("variant") == "hard":
+        recon = recon[np.array(history["stage"]) == 0]
+    assert np.mean(recon[-3:]) < 0.75 * np.mean(recon[:3]), recon
+
+
 def test_pretraining_loss_decreases_on_a_fixed_batch(tiny_images, fixed_batches):
     budget = with_overrides(QUICK, pretrain_steps=25, schedule="constant")
     _, history = pretrain_encoder(tiny_images, SCALE, budget, progress=False)
