@@ -169,6 +169,26 @@ def test_cli_train_the_readme_job_on_a_tiny_folder(tmp_path, capsys):
     assert "--resume continues one model" in capsys.readouterr().err
 
 
+def test_cli_train_saves_the_mixtures_prior_and_resumes_with_it(tmp_path, capsys, monkeypatch):
+    from tutorial_lib import training
+    from tutorial_lib.checkpoints import load_checkpoint
+
+    out = tmp_path / "run"
+    common = ["train", "--scale", "2", "--budget", "smoke", "--data", "bundled", "--variant", "mixture",
+              "--out", str(out), "--device", "cpu"]
+    assert cli.main(common) == 0
+    capsys.readouterr()
+    _, sidecar = load_checkpoint(out / "x2_encoder.pt", expected_kind="encoder", scale=2)
+    assert sidecar["steps"] == training.get_training_budget("smoke").pretrain_steps
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("E-Net was pre-trained again")
+
+    monkeypatch.setattr(training, "pretrain_encoder", no_pretraining)  # the saved prior must be used
+    assert cli.main([*common, "--resume", str(out / "x2_mixture.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2 * training.get_training_budget("smoke").joint_steps
+
+
 @pytest.mark.parametrize("tf32", [True, False])
 def test_model_method_leaves_the_tf32_setting_as_it_found_it(tf32):
     from tutorial_lib.evaluation import model_method

@@ -332,8 +332,9 @@ class TrainingHistory(dict):
     ``kl``, ``mse``, ``psnr``, ``accuracy``, ``usage``, ...), averaged over the interval.
 
     Attributes (not list entries): ``meta`` (steps, wall time, stopping reason, budget,
-    device, ...), ``optimizer_state`` (to save beside a checkpoint and resume), and
-    ``pretrain`` (the E-Net pre-training history when a stage ran it itself).
+    device, ...), ``optimizer_state`` (to save beside a checkpoint and resume),
+    ``pretrain`` (the E-Net pre-training history when a stage ran it itself) and
+    ``pretrained_encoder`` (the encoder that pre-training produced, the mixture's prior).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -341,6 +342,7 @@ class TrainingHistory(dict):
         self.meta: dict[str, Any] = {}
         self.optimizer_state: dict[str, Any] | None = None
         self.pretrain: TrainingHistory | None = None
+        self.pretrained_encoder: EncoderWithClassifier | None = None
 
 
 def lr_factor(progress: float, schedule: str = "cosine", final: float = 0.02, warmup: float = 0.0) -> float:
@@ -1098,6 +1100,7 @@ def train_mixture(
                         init_experts="random" if init_experts is None else "copies of a given network",
                         **_data_record(names, kernel_name, kernel_array))
     history.pretrain = pretrain_history
+    history.pretrained_encoder = encoder if pretrain_history is not None else None
     model.mode = _MODE_OF_VARIANT[variant]
     return model.eval(), history
 
@@ -1456,9 +1459,10 @@ def train_from_cli(
     else anything :func:`tutorial_lib.data.load_images` accepts. ``variant``: ``all``
     (encoder + mixture + single), ``encoder``, ``mixture``, ``single``, or an ablation
     ``average``, ``uniform`` (without pre-training), ``hard`` (hard selection with
-    training). ``resume`` continues one model (not with ``all``); a mixture resumes with the
-    pre-trained E-Net ``x{scale}_encoder.pt`` beside the checkpoint as its prior when that file
-    is there (``train_all`` writes it), else E-Net is pre-trained again. ``evaluate_on``: images
+    training). ``mixture`` also saves the E-Net it pre-trained (its prior) as
+    ``x{scale}_encoder.pt``. ``resume`` continues one model (not with ``all``); a mixture
+    resumes with the pre-trained E-Net ``x{scale}_encoder.pt`` beside the checkpoint as its
+    prior when that file is there, else E-Net is pre-trained again. ``evaluate_on``: images
     to evaluate on afterwards (PSNR/SSIM on seen and unseen kernels).
     """
     from .data import load_images
@@ -1503,6 +1507,9 @@ def train_from_cli(
             raise ValueError(f"variant must be one of all, encoder, mixture, single, average, uniform, hard; "
                              f"got {variant!r}")
         path = save_trained(model, out / f"x{scale}_{name}.pt", kind, history, budget_obj, seed)
+        if variant == "mixture" and history.pretrained_encoder is not None:  # its prior, to resume with
+            save_trained(history.pretrained_encoder, out / f"x{scale}_encoder.pt", "encoder", history.pretrain,
+                         budget_obj, seed, config={"scale": scale})
         metrics = {set_name: evaluate_model(model, imgs, scale, max_side=budget_obj.eval_max_side)
                    for set_name, imgs in (eval_sets or {}).items()}
     if metrics:
