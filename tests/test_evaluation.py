@@ -87,7 +87,12 @@ def test_images_a_learner_might_pass_by_mistake_are_named():
 
 def test_model_method_names_the_wrong_model_or_setting():
     from tutorial_lib.evaluation import model_method
-    from tutorial_lib.models import ENet, EncoderWithClassifier, Expert, KernelClassifier
+    from tutorial_lib.models import (
+        EncoderWithClassifier,
+        ENet,
+        Expert,
+        KernelClassifier,
+    )
 
     single = Expert(2, channels=4, n_blocks=1)
     with pytest.raises(ValueError, match="E-Net"):
