@@ -59,6 +59,14 @@ def folder_from_environment(variable: str, error: type[Exception] = ValueError) 
     return folder
 
 
+def check_integer(name: str, value: object, least: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer (NumPy's too, not a bool) of at least
+    ``least``; else a ``ValueError`` that names it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
 def get_device(device: str | torch.device | None = None) -> torch.device:
     """Return ``device`` as a :class:`torch.device`.
 

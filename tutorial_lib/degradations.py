@@ -26,14 +26,14 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from .config import check_integer
+
 SCALES = (2, 3, 4)
 
 
 # ----------------------------------------------------------------------------- validation
 def _check_scale(scale: int) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    return int(scale)
+    return check_integer("scale", scale)
 
 
 _RANGE_SLACK = 1e-3  # float round-off of an image in [0, 1], far below one 8-bit level (1/255)

@@ -49,7 +49,7 @@ from scipy.special import logsumexp
 from torch import nn
 from torch.nn import functional as F
 
-from tutorial_lib.config import seed_everything
+from tutorial_lib.config import check_integer, seed_everything
 
 Array = np.ndarray | torch.Tensor
 
@@ -363,8 +363,7 @@ def make_toy_data(
         a :class:`ToyData`; deterministic for a given ``seed``.
     """
     for name, value in (("n_kernels", n_kernels), ("scale", scale), ("length", length)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_integer(name, value)
     if n < n_kernels:
         raise ValueError(f"n must be at least n_kernels={n_kernels}, got {n}")
     if length % scale:
@@ -584,8 +583,7 @@ def train_toy_mixture(
     if prior not in ("uniform", "pretrained"):
         raise ValueError(f"prior must be 'uniform' or 'pretrained', got {prior!r}")
     for name, value in (("n_experts", n_experts), ("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_integer(name, value)
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     seed_everything(seed)

@@ -46,10 +46,11 @@ import itertools
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import check_integer
 
 __all__ = [
     "BlindSR",
@@ -100,17 +101,14 @@ def _check_lr(lr: torch.Tensor, name: str = "lr", like: torch.Tensor | None = No
 
 
 def _check_scale(scale: int) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 2:
-        raise ValueError(f"scale must be an integer upscaling factor >= 2, got {scale!r}")
-    return int(scale)
+    return check_integer("scale (the upscaling factor)", scale, least=2)
 
 
 def _check_widths(channels: int, n_blocks: int, up_channels: int, M: int = 1) -> None:
     """Positive integer widths (``n_blocks`` may be 0: no residual block)."""
     for name, value, least in (("channels", channels, 1), ("n_blocks", n_blocks, 0), ("up_channels", up_channels, 1),
                                ("M (number of experts)", M, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        check_integer(name, value, least)
 
 
 def _resolve_base(lr: torch.Tensor, base: torch.Tensor | None, scale: int) -> torch.Tensor:
@@ -508,9 +506,7 @@ class LoopMixture(nn.Module):
 
     def __init__(self, M: int, scale: int, **expert_kwargs) -> None:
         super().__init__()
-        if M < 1:
-            raise ValueError(f"M (number of experts) must be >= 1, got {M}")
-        self.M = M
+        self.M = check_integer("M (number of experts)", M)
         self.scale = _check_scale(scale)
         self.experts = nn.ModuleList(Expert(scale, **expert_kwargs) for _ in range(M))
 

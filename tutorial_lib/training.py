@@ -138,6 +138,7 @@ from .checkpoints import (
     save_optimizer_state,
 )
 from .config import (
+    check_integer,
     device_name,
     get_budget,
     get_device,
@@ -252,9 +253,7 @@ class Budget:
                 raise ValueError(f"budget {name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("pretrain_steps", "pretrain_batch", "enet_patch", "joint_steps", "batch_size", "lr_patch",
                      "channels", "n_blocks", "hard_stage_steps", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"budget {name} must be a positive integer, got {value!r}")
+            check_integer(f"budget {name}", getattr(self, name))
         for name in ("pretrain_seconds", "joint_seconds"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
