@@ -82,7 +82,8 @@ def test_palette_image_is_expanded_to_rgb(tmp_path, rgb_uint8):
     )
     path = tmp_path / "palette.png"
     palette_image.save(path)
-    assert Image.open(path).mode == "P"
+    with Image.open(path) as saved:
+        assert saved.mode == "P"
     expected = rgb_to_y(np.asarray(palette_image.convert("RGB")) / 255.0)
     np.testing.assert_allclose(data.load_image_y(path), expected, atol=1e-12)
 
@@ -91,7 +92,8 @@ def test_16_bit_gray_is_scaled_by_65535(tmp_path):
     values = np.array([[0, 1, 256], [32768, 65534, 65535]], dtype=np.uint16)
     path = tmp_path / "gray16.png"
     Image.fromarray(values).save(path)
-    assert Image.open(path).mode in ("I;16", "I")
+    with Image.open(path) as saved:
+        assert saved.mode in ("I;16", "I")
     np.testing.assert_allclose(data.load_image_y(path), values / 65535.0, atol=1e-15)
 
 
