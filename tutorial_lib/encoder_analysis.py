@@ -30,7 +30,7 @@ from torch import nn
 
 from . import kernels as kernel_lib
 from .degradations import degrade_with_kernels, modcrop
-from .models import _tiles
+from .models import _tiles, device_of
 
 __all__ = [
     "accuracy_from_probabilities",
@@ -49,7 +49,8 @@ __all__ = [
 
 # --------------------------------------------------------------------------- layer table
 def layer_table(model: nn.Module, *inputs: torch.Tensor) -> list[dict[str, Any]]:
-    """Run ``model(*inputs)`` once (eval mode, no gradients) and record every leaf module.
+    """Run ``model(*inputs)`` once (eval mode, no gradients, on the model's device) and
+    record every leaf module.
 
     Returns one row per leaf module call, in call order: ``name`` (the module's dotted
     name), ``type`` (class name), ``shape`` (output shape as a tuple) and ``params``
@@ -69,11 +70,12 @@ def layer_table(model: nn.Module, *inputs: torch.Tensor) -> list[dict[str, Any]]
     for module in model.modules():
         if not list(module.children()):
             handles.append(module.register_forward_hook(hook))
+    device = device_of(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(*inputs)
+            model(*(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs))
     finally:
         for handle in handles:
             handle.remove()
@@ -158,18 +160,18 @@ def patch_probabilities(model: nn.Module, lr: torch.Tensor, patch: int) -> torch
     """Class probabilities (softmax of the model's output) of every tile of every image.
 
     ``model`` maps (N, 1, p, p) to (N, C) logits or scores (an ``EncoderWithClassifier``:
-    C = K kernels; an ``ENet``: C = M states); it is run in eval mode.
-    Returns (B, n_tiles, C); average over axis 1 for an image's patch-averaged prediction.
+    C = K kernels; an ``ENet``: C = M states); it is run in eval mode, on its own device.
+    Returns (B, n_tiles, C) on the CPU; average over axis 1 for an image's patch-averaged prediction.
     """
     tiles = tile_patches(lr, patch)
     b, n = tiles.shape[:2]
     was_training = model.training
     model.eval()
     try:
-        logits = model(tiles.reshape(b * n, 1, patch, patch))
+        logits = model(tiles.reshape(b * n, 1, patch, patch).to(device_of(model)))
     finally:
         model.train(was_training)
-    return torch.softmax(logits.float(), dim=1).reshape(b, n, -1)
+    return torch.softmax(logits.float(), dim=1).reshape(b, n, -1).cpu()
 
 
 # ------------------------------------------------------------------------------ posteriors
@@ -185,7 +187,7 @@ def posterior_per_kernel(enet: nn.Module, images: Mapping[str, np.ndarray] | Seq
     arrays = list(images.values()) if isinstance(images, Mapping) else list(images)
     if not arrays:
         raise ValueError("images must hold at least one HR image")
-    device = next(enet.parameters()).device
+    device = device_of(enet)
     was_training = enet.training
     enet.eval()
     out = []

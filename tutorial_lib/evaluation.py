@@ -23,7 +23,7 @@ from . import kernels as kernel_lib
 from .config import get_device
 from .degradations import _check_image, bicubic_upsample, degrade_with_kernels, modcrop
 from .metrics import psnr_y, ssim_y
-from .models import EncoderWithClassifier, ENet
+from .models import EncoderWithClassifier, ENet, device_of
 
 Method = Callable[[torch.Tensor], torch.Tensor]
 FUSION_OUTPUTS = ("fused", "hard", "average")
@@ -86,7 +86,7 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     model_scale = getattr(model, "scale", None)
     if model_scale is not None and model_scale != scale:
         raise ValueError(f"the model was built for x{model_scale} but scale={scale} was requested")
-    device = next(model.parameters()).device if device is None else get_device(device)
+    device = device_of(model) if device is None else get_device(device)
 
     @torch.no_grad()
     def method(lr: torch.Tensor) -> torch.Tensor:

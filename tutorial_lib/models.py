@@ -63,6 +63,7 @@ __all__ = [
     "MixtureOfExperts",
     "SingleNetwork",
     "count_parameters",
+    "device_of",
 ]
 
 FusionMode = Literal["fused", "hard", "average"]
@@ -78,6 +79,16 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters of ``module`` (BatchNorm running statistics are buffers,
     not parameters, and are not counted)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of ``module``'s parameters (the CPU for a module without any).
+
+    Models trained on a GPU stay there; the analysis helpers send their inputs to this
+    device and bring the results back to the CPU, so that one call works for both.
+    """
+    parameter = next(module.parameters(), None)
+    return torch.device("cpu") if parameter is None else parameter.device
 
 
 def _bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:

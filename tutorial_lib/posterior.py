@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from . import kernels as kernel_lib
 from .degradations import bicubic_upsample, degrade, degrade_with_kernels, modcrop
 from .metrics import psnr_y, ssim_y
+from .models import device_of
 
 __all__ = [
     "PosteriorSet",
@@ -97,7 +98,7 @@ def posteriors_of(model: torch.nn.Module, lr: torch.Tensor | np.ndarray, batch_s
         raise ValueError(f"lr must be (B, 1, h, w), (B, h, w) or (h, w), got {tuple(x.shape)}")
     was_training = enet.training
     enet.eval()
-    device = next(enet.parameters()).device
+    device = device_of(enet)
     out = [enet.posterior(x[i:i + batch_size].to(device=device, dtype=torch.float32)).double().cpu()
            for i in range(0, x.shape[0], batch_size)]
     enet.train(was_training)
@@ -379,7 +380,9 @@ def posterior_explorer_state(model: torch.nn.Module, hr: np.ndarray, lambda1: fl
     model.eval()
     with torch.no_grad():
         base = bicubic_upsample(lr_t, scale)
-        out = model(lr_t, base, mode="fused")
+        device = device_of(model)
+        out = {k: v.cpu() for k, v in model(lr_t.to(device), base.to(device), mode="fused").items()
+               if isinstance(v, torch.Tensor)}
     q = out["q"][0].double().numpy()
     experts = out["experts"][0, :, 0].double().numpy()
     fused = out["fused"][0, 0].double().numpy()

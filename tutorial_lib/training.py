@@ -160,6 +160,7 @@ from .models import (
     KernelClassifier,
     MixtureOfExperts,
     _check_tile,
+    device_of,
 )
 from .objectives import (
     average_ensemble_loss,
@@ -776,7 +777,7 @@ def recalibrate_batchnorm(
         raise ValueError("this model has no E-Net (averaged ensemble): nothing to recalibrate")
     arrays, _ = _as_image_list(images)
     kernel_array, _ = _kernel_array(kernels)
-    device = next(module.parameters()).device
+    device = device_of(module)
     norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -824,7 +825,7 @@ def encoder_accuracy(
     kernel_array, _ = _kernel_array(kernels)
     model = enet_or_classifier
     if device is None:
-        device = next(model.parameters()).device
+        device = device_of(model)
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -1262,7 +1263,7 @@ def evaluate_fusions(
         raise ValueError("evaluate_fusions needs a mixture with its E-Net (BlindSR)")
     tiled = copy.copy(model)  # shares the weights
     tiled.posterior_tile = _check_tile(posterior_tile)
-    device = next(model.parameters()).device
+    device = device_of(model)
     model.eval()
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # full float32, as model_method
