@@ -84,3 +84,13 @@ def test_explorer_and_evaluation_run_on_the_models_device(image):
     _run_to_copy_out(lambda: P.posterior_explorer_state(model, image, 1.0, 2.0, 0.5))
     _run_to_copy_out(lambda: model_method(model, 2)(torch.rand(3, 1, 20, 20)))
     assert devices and set(devices) == {META}
+
+
+def test_model_method_moves_the_model_to_the_device_asked():
+    model = BlindSR(ENet(3), MixtureOfExperts(3, 2, channels=8, n_blocks=1))
+    devices: list[torch.device] = []
+    model.register_forward_pre_hook(lambda _m, inputs: devices.extend(x.device for x in inputs))
+    method = model_method(model, 2, device=META)
+    assert device_of(model) == META
+    _run_to_copy_out(lambda: method(torch.rand(3, 1, 20, 20)))
+    assert devices and set(devices) == {META}

@@ -232,3 +232,29 @@ def test_cli_evaluate_a_mixture_with_q_from_tiles(tmp_path, capsys):
     assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--posterior-tile", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
+
+
+def test_cli_evaluate_runs_the_model_on_the_device_asked(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from tutorial_lib.checkpoints import save_checkpoint
+    from tutorial_lib.models import Expert
+
+    torch.manual_seed(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / "a.png")
+    save_checkpoint(Expert(2, channels=4, n_blocks=1), tmp_path / "single.pt")
+    common = ["evaluate", "--images", str(images), "--scale", "2", "--kernels", "seen", "--json",
+              "--model", str(tmp_path / "single.pt")]
+    monkeypatch.setenv("TUTORIAL_DEVICE", "cpu")
+    assert cli.main(common) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert cli.main([*common, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["psnr"] == default["psnr"]
+    if not torch.cuda.is_available():
+        assert cli.main([*common, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "CUDA is not available" in err
+    assert cli.main([*common, "--device", "tpu"]) == 2
+    assert "device must be" in capsys.readouterr().err

@@ -60,7 +60,8 @@ def _method_for(args: argparse.Namespace):
             raise CLIError(f"--posterior-tile is for a mixture; {args.model} is a {sidecar.get('kind')} network")
         model.posterior_tile = _check_tile(args.posterior_tile)
         label += f":q from {args.posterior_tile}x{args.posterior_tile} tiles"
-    method = model_method(model, args.scale, output=output)
+    from .config import get_device
+    method = model_method(model, args.scale, output=output, device=get_device(args.device))
     return method, label
 
 
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: E-Net on the whole image, as the paper)")
     ev.add_argument("--ssim", choices=["skimage", "matlab"], default="skimage",
                     help="SSIM variant: the paper's (scikit-image defaults) or MATLAB-style")
+    ev.add_argument("--device", default=None,
+                    help="where --model runs: cpu or cuda (default: $TUTORIAL_DEVICE, else cuda when available)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_evaluate)
 

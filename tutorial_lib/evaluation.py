@@ -74,6 +74,8 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     ``'average'`` (uniform weights) re-fuses the experts as the ablations of Table 3. Runs in eval mode, without
     gradients, in float32 on ``device`` (default: the model's; on a GPU with TF32 switched
     off), ``batch_size`` LR images at a time; the bicubic base is computed here and passed in.
+    A ``device`` other than the model's moves the model there (in place, as ``Module.to``).
+    The restored images come back on the CPU.
     """
     if output not in FUSION_OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(FUSION_OUTPUTS)}, got {output!r}")
@@ -87,6 +89,8 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     if model_scale is not None and model_scale != scale:
         raise ValueError(f"the model was built for x{model_scale} but scale={scale} was requested")
     device = device_of(model) if device is None else get_device(device)
+    if device_of(model) != device:
+        model.to(device)
 
     @torch.no_grad()
     def method(lr: torch.Tensor) -> torch.Tensor:
