@@ -75,6 +75,7 @@ from tutorial_lib.checkpoints import (
     sidecar_path,
 )
 from tutorial_lib.data import find_local_benchmark, load_folder, load_images
+from tutorial_lib.models import device_of
 
 MATRIX_KERNELS = (  # representative seen kernels: narrow/wide, three orientations
     ("λ=(0.75,1.5) θ=2π/8", 0.75, 1.5, 2),
@@ -248,7 +249,7 @@ def main() -> None:
             _write_json(out / f"x{scale}_mixture_fusions.json", {
                 "scale": scale, "model": path.name, "sha256": sidecar["sha256"],
                 "posterior_tile": args.posterior_tile, "note": args.note, "training_note": sidecar.get("note"),
-                "evaluated_on": str(next(model.parameters()).device), "seconds": round(time.time() - start, 1),
+                "evaluated_on": str(device_of(model)), "seconds": round(time.time() - start, 1),
                 "metrics": metrics})
             _log(f"x{scale} fusions: {json.dumps(metrics)}")
 

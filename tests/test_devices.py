@@ -17,7 +17,14 @@ from tutorial_lib import encoder_analysis as A
 from tutorial_lib import kernels as K
 from tutorial_lib import posterior as P
 from tutorial_lib.evaluation import model_method
-from tutorial_lib.models import BlindSR, EncoderWithClassifier, ENet, KernelClassifier, MixtureOfExperts, device_of
+from tutorial_lib.models import (
+    BlindSR,
+    EncoderWithClassifier,
+    ENet,
+    KernelClassifier,
+    MixtureOfExperts,
+    device_of,
+)
 from tutorial_lib.training import encoder_accuracy
 
 META = torch.device("meta")

@@ -89,8 +89,7 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     if model_scale is not None and model_scale != scale:
         raise ValueError(f"the model was built for x{model_scale} but scale={scale} was requested")
     device = device_of(model) if device is None else get_device(device)
-    if device_of(model) != device:
-        model.to(device)
+    model.to(device)  # nothing to do where it is already
 
     @torch.no_grad()
     def method(lr: torch.Tensor) -> torch.Tensor:
