@@ -99,6 +99,28 @@ def test_optimizers_use_fused_kernels_where_available():
         training._make_optimizer([(params, 1e-3)], "lbfgs")
 
 
+class _FusedStepFails(torch.optim.SGD):
+    """Accepts ``fused=True`` and fails at the first step, as PyTorch < 2.4 does on the CPU."""
+
+    def step(self, closure=None):
+        if self.defaults.get("fused"):
+            raise NotImplementedError("Could not run 'aten::_fused_sgd_' with arguments from the 'CPU' backend")
+        return super().step(closure)
+
+
+def test_a_fused_kernel_that_fails_at_its_first_step_is_not_used(monkeypatch):
+    monkeypatch.setattr(training, "_FUSED_STEPS", {})
+    cpu, options = torch.device("cpu"), {"momentum": 0.9, "weight_decay": 0.0}
+    assert training._fused_steps(_FusedStepFails, options, cpu, torch.float32) is False
+    monkeypatch.setattr(torch.optim, "SGD", _FusedStepFails)  # what _make_optimizer builds for "sgd"
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = training._make_optimizer([([param], 0.5)], "sgd")
+    assert isinstance(opt, _FusedStepFails) and not opt.defaults.get("fused")
+    param.grad = torch.ones_like(param)
+    opt.step()  # the default implementation steps
+    assert torch.allclose(param.detach(), torch.full((3,), 0.5))
+
+
 def test_gradient_maximum_is_the_same_either_way():
     torch.manual_seed(0)
     for multi_tensor in (False, True):
