@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tutorial_lib import models
 from tutorial_lib.models import (
     BlindSR,
     EncoderWithClassifier,
@@ -79,6 +80,16 @@ def test_enet_rejects_bad_input():
         with pytest.raises(TypeError, match=r"lr is torch.float64 but the network's weights are torch.float32"):
             network(lr64)
     assert Expert(2, channels=4, n_blocks=1).double()(lr64).dtype == torch.float64  # matching dtypes are fine
+
+
+def test_the_autocast_check_works_with_the_per_device_functions_of_pytorch_before_2_4(monkeypatch):
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda: False)  # no device argument, means CUDA
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: True, raising=False)
+    assert models._autocast_enabled("cpu") is True
+    assert models._autocast_enabled("cuda") is False
+    assert models._autocast_enabled("meta") is False
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda: True)
+    assert models._autocast_enabled("cuda") is True
 
 
 def test_encoder_with_classifier_logits():

@@ -104,11 +104,21 @@ def _check_lr(lr: torch.Tensor, name: str = "lr", like: torch.Tensor | None = No
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 1, h, w), got {type(lr).__name__}")
     if not lr.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {lr.dtype}")
-    if like is not None and lr.dtype != like.dtype and not torch.is_autocast_enabled(lr.device.type):
+    if like is not None and lr.dtype != like.dtype and not _autocast_enabled(lr.device.type):
         raise TypeError(f"{name} is {lr.dtype} but the network's weights are {like.dtype}: pass "
                         f"{name}.to({like.dtype}) (evaluation.model_method does this for you)")
     if lr.ndim != 4 or lr.shape[1] != 1:
         raise ValueError(f"{name} must have shape (B, 1, h, w) (one Y channel), got {tuple(lr.shape)}")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``; PyTorch before 2.4 has one function per device."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # PyTorch < 2.4: no argument, and the function means CUDA
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return device_type == "cuda" and torch.is_autocast_enabled()
 
 
 def _check_scale(scale: int) -> int:
