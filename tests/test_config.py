@@ -40,6 +40,17 @@ def test_a_device_torch_does_not_know_is_named():
         config.get_device("gpu")
 
 
+def test_an_old_pytorch_beside_numpy_2_is_a_clear_import_error(monkeypatch):
+    config.check_numpy_bridge()  # this environment exchanges arrays
+
+    def unavailable(array):  # what PyTorch < 2.3 does beside NumPy 2
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch, "from_numpy", unavailable)
+    with pytest.raises(ImportError, match=r"cannot exchange arrays with NumPy .*Numpy is not available.*numpy<2"):
+        config.check_numpy_bridge()
+
+
 def test_allocator_tuning_is_applied_once_and_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(config, "_allocator_state", None)
     monkeypatch.setenv("TUTORIAL_CPU_ALLOCATOR", "default")

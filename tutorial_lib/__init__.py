@@ -33,8 +33,10 @@ import os as _os
 #   TUTORIAL_CPU_ALLOCATOR=default turns it off.
 _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+from .config import check_numpy_bridge as _check_numpy_bridge
 from .config import tune_cpu_allocator as _tune_cpu_allocator
 
+_check_numpy_bridge()  # a clear error for an old PyTorch beside NumPy 2
 _tune_cpu_allocator()
 
 __version__ = "0.1.0"

@@ -170,6 +170,22 @@ def tune_cpu_allocator() -> dict[str, object]:
     return dict(state)
 
 
+def check_numpy_bridge() -> None:
+    """Raise a clear ``ImportError`` when PyTorch cannot exchange arrays with this NumPy.
+
+    PyTorch before 2.3 was built for NumPy 1.x: beside NumPy 2 it imports with only a warning
+    and then fails at the first ``torch.from_numpy`` or ``Tensor.numpy()`` ("Numpy is not
+    available"), deep inside a notebook. Checked once when ``tutorial_lib`` is imported.
+    """
+    try:
+        torch.from_numpy(np.zeros(1))
+    except RuntimeError as error:
+        raise ImportError(
+            f"PyTorch {torch.__version__} cannot exchange arrays with NumPy {np.__version__} ({error}). "
+            "PyTorch before 2.3 needs NumPy 1.x: run pip install 'numpy<2', or install a newer PyTorch"
+        ) from error
+
+
 def describe_run(budget: str | None = None, device: str | torch.device | None = None) -> str:
     """One line naming the budget and device, for a notebook's first output."""
     return f"budget={get_budget(budget)}  device={get_device(device)}  torch={torch.__version__}"
