@@ -137,6 +137,22 @@ def test_mean_posteriors_and_entropy():
         P.mean_posteriors(q, labels, n_labels=5)
 
 
+def test_rank_correlation_does_not_depend_on_rounding_noise_in_tied_kernel_distances():
+    # Distances that are equal in exact arithmetic (mirror-image kernels) differ in their last
+    # bits from one library release to the next; the rank correlation must not change.
+    bank = np.asarray(K.kernel_bank())[list(K.SEEN_INDICES)]
+    dist = P.kernel_distances(bank)
+    centroids = np.random.default_rng(3).dirichlet(np.ones(4), size=len(bank))
+    reference = P.distance_preservation(centroids, dist)
+    for seed in range(5):
+        noise = np.random.default_rng(seed).normal(scale=1e-13, size=dist.shape)
+        noisy = P.distance_preservation(centroids, dist + (noise + noise.T) * dist.max())
+        assert noisy["spearman"] == pytest.approx(reference["spearman"], abs=1e-12)
+        assert noisy["pearson"] == pytest.approx(reference["pearson"], abs=1e-9)
+    ties = P._merge_ties(np.array([3.0, 1.0, 1.0 + 1e-12, 2.0, 3.0 - 1e-12]), rtol=1e-9)
+    assert ties.tolist() == [3.0 - 1e-12, 1.0, 1.0, 2.0, 3.0 - 1e-12]
+
+
 def test_distance_preservation_perfect_for_an_isometry_and_low_for_noise():
     rng = np.random.default_rng(0)
     points = rng.normal(size=(12, 3))

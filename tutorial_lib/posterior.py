@@ -274,15 +274,21 @@ def _upper(matrix: np.ndarray) -> np.ndarray:
     return matrix[i, j]
 
 
-def distance_preservation(centroids: np.ndarray, kernel_dist: np.ndarray) -> dict[str, float]:
+def distance_preservation(centroids: np.ndarray, kernel_dist: np.ndarray, rtol: float = 1e-9) -> dict[str, float]:
     """How well distances between mean posteriors follow distances between kernels.
 
     Args:
         centroids: (K, M) mean posterior per kernel (:func:`mean_posteriors`).
         kernel_dist: (K, K) symmetric kernel distances (:func:`kernel_distances`).
+        rtol: kernel distances closer than ``rtol`` times the largest one are ties for the
+            rank correlation. The bank is symmetric (a kernel and its mirror image), so about
+            a quarter of its 406 pairwise distances are equal to another one in exact
+            arithmetic; in floating point they differ in the last bits, and which one ranks
+            first changed ρ by 0.001 between NumPy/PyTorch releases.
 
     Returns ``{"spearman": ρ, "pearson": r}`` over the K(K−1)/2 pairs: 1 = the embedding
-    orders (or scales) kernel pairs exactly as their distances do.
+    orders (or scales) kernel pairs exactly as their distances do. Tied pairs share their
+    average rank, as in :func:`scipy.stats.spearmanr`.
     """
     from scipy.stats import pearsonr, spearmanr
 
@@ -293,7 +299,19 @@ def distance_preservation(centroids: np.ndarray, kernel_dist: np.ndarray) -> dic
     x, y = _upper(kernel_dist), _upper(q_dist)
     if np.ptp(y) == 0 or np.ptp(x) == 0:
         return {"spearman": 0.0, "pearson": 0.0}
-    return {"spearman": float(spearmanr(x, y).statistic), "pearson": float(pearsonr(x, y).statistic)}
+    return {"spearman": float(spearmanr(_merge_ties(x, rtol), y).statistic),
+            "pearson": float(pearsonr(x, y).statistic)}
+
+
+def _merge_ties(values: np.ndarray, rtol: float) -> np.ndarray:
+    """``values`` with every run of sorted values whose steps are at most ``rtol * max|values|``
+    set to the run's first value, so that rank statistics see them as ties."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.r_[True, np.diff(ordered) > rtol * np.abs(values).max()]
+    merged = np.empty_like(values)
+    merged[order] = ordered[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+    return merged
 
 
 def nearest_centroid_retrieval(query_centroids: np.ndarray, seen_centroids: np.ndarray,
