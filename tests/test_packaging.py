@@ -41,6 +41,16 @@ def test_environment_yml_lists_the_same_packages_and_bounds_as_pyproject():
     assert _conda_requirements() == _pyproject_requirements()
 
 
+def test_the_lowest_versions_file_pins_every_lower_bound():
+    pins = {}
+    for line in (ROOT / ".ci" / "lowest-versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([0-9.]+)\.\*", line.strip()).groups()
+            pins[name.lower()] = version
+    bounds = {name: re.fullmatch(r">=([0-9.]+)", spec).group(1) for name, spec in _pyproject_requirements().items()}
+    assert pins == bounds
+
+
 def test_ci_runs_the_test_command_shown_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
