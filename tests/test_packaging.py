@@ -2,7 +2,6 @@
 
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> PyPI name
 
 
 def _pyproject_requirements() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
     out = {}
