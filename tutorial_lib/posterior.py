@@ -282,9 +282,9 @@ def distance_preservation(centroids: np.ndarray, kernel_dist: np.ndarray, rtol: 
         kernel_dist: (K, K) symmetric kernel distances (:func:`kernel_distances`).
         rtol: kernel distances closer than ``rtol`` times the largest one are ties for the
             rank correlation. The bank is symmetric (a kernel and its mirror image), so about
-            a quarter of its 406 pairwise distances are equal to another one in exact
-            arithmetic; in floating point they differ in the last bits, and which one ranks
-            first changed ρ by 0.001 between NumPy/PyTorch releases.
+            half of the 406 pairwise distances of the seen kernels equal another one in exact
+            arithmetic; in floating point they differ in the last bits, differently from one
+            NumPy release to the next, and which one ranked first moved ρ by 0.001.
 
     Returns ``{"spearman": ρ, "pearson": r}`` over the K(K−1)/2 pairs: 1 = the embedding
     orders (or scales) kernel pairs exactly as their distances do. Tied pairs share their
