@@ -418,7 +418,7 @@ def _make_optimizer(groups: list[tuple[list[nn.Parameter], float]], kind: str, m
     return cls(param_groups, **options)
 
 
-_FUSED_STEPS: dict[tuple[str, str, torch.dtype], bool] = {}
+_FUSED_STEPS: dict[tuple[type, str, torch.dtype], bool] = {}
 
 
 def _fused_steps(cls: type[torch.optim.Optimizer], options: dict, device: torch.device, dtype: torch.dtype) -> bool:
@@ -428,7 +428,7 @@ def _fused_steps(cls: type[torch.optim.Optimizer], options: dict, device: torch.
     ``fused=True`` for CPU parameters and only fails at the first step (no fused CPU kernel),
     so constructing the optimiser is not enough of a check.
     """
-    key = (cls.__name__, device.type, dtype)
+    key = (cls, device.type, dtype)
     if key not in _FUSED_STEPS:
         probe = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
         probe.grad = torch.ones_like(probe)
