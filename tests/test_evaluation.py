@@ -124,6 +124,35 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         cli.main(["evaluate", "--images", "bundled", "--scale", "5"])
 
 
+def test_cli_checks_its_arguments_before_any_work(tmp_path, capsys, monkeypatch):
+    """An --out that is a file, an unknown demo image and a checkpoint for another scale are
+    refused with one line each, before training, the demo or a download starts."""
+    from pathlib import Path
+
+    from tutorial_lib import demo, training
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert cli.main(["demo", "--image", "nosuch", "--no-models", "--out", str(tmp_path / "demo")]) == 2
+    assert "chelsea" in capsys.readouterr().err  # the message lists the bundled photographs
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(training, "train_from_cli", no_work)
+    monkeypatch.setattr(demo, "run_demo", no_work)
+    monkeypatch.setattr(cli, "_load_images", no_work)
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--out", str(a_file)]) == 2
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--out", str(a_file / "runs")]) == 2
+    assert cli.main(["demo", "--out", str(a_file)]) == 2
+    single = Path(__file__).resolve().parents[1] / "data" / "checkpoints" / "x2_single.pt"
+    assert cli.main(["evaluate", "--images", "Set5", "--scale", "3", "--model", str(single)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 4 and "Traceback" not in err
+    assert err.count("is a file; name a folder") == 3 and "lies under" in err and "trained for ×2" in err
+    assert a_file.read_text() == "keep me"
+
+
 def test_cli_demo_writes_a_figure_and_a_table(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--no-models"]) == 0
     table = json.loads((tmp_path / "demo_x2.json").read_text())

@@ -41,6 +41,19 @@ def _load_images(source: str) -> dict:
     return load_images(source)
 
 
+def _output_folder(value: str | Path, option: str = "--out") -> Path:
+    """``value`` as the folder a command writes into, checked before any work is done: it may
+    be missing (it is created later), but neither it nor a parent may be a file."""
+    path = Path(value)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"lies under {str(folder)!r}, which is a file"
+                raise CLIError(f"{option} {str(value)!r} {what}; name a folder (it is created if missing)")
+            break
+    return path
+
+
 # ------------------------------------------------------------------------------ evaluate
 def _method_for(args: argparse.Namespace):
     from .evaluation import bicubic_method, model_method
@@ -68,8 +81,8 @@ def _method_for(args: argparse.Namespace):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: PSNR/SSIM of bicubic or a checkpoint over images x kernels; prints a table or JSON."""
     from .evaluation import evaluate
+    method, label = _method_for(args)  # a checkpoint for another scale fails before any download
     images = _load_images(args.images)
-    method, label = _method_for(args)
     result = evaluate(images, args.scale, kernels=args.kernels, method=method,
                       ssim_variant=args.ssim, progress=not args.json and sys.stderr.isatty())
     summary = result.summary()
@@ -88,11 +101,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: degrade a bundled photograph, restore it, write a figure and a table."""
     from .checkpoints import CheckpointError, checkpoint_dir
     from .demo import run_demo
+    out = _output_folder(args.out)
     try:
         folder = None if args.no_models else Path(args.checkpoints or checkpoint_dir())
     except CheckpointError as err:
         raise CLIError(str(err)) from err
-    report = run_demo(image=args.image, scale=args.scale, out_dir=Path(args.out), checkpoint_dir=folder)
+    report = run_demo(image=args.image, scale=args.scale, out_dir=out, checkpoint_dir=folder)
     if folder is not None and {row["method"] for row in report["rows"]} == {"bicubic"}:
         print(f"note: no x{args.scale}_mixture.pt or x{args.scale}_single.pt in {folder}: bicubic only "
               "(set TUTORIAL_CHECKPOINT_DIR or pass --checkpoints)", file=sys.stderr)
@@ -107,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``train``: train within a budget (see :func:`tutorial_lib.training.train_from_cli`); prints a JSON summary."""
     from .training import train_from_cli
     summary = train_from_cli(scale=args.scale, budget=args.budget, data=args.data,
-                             out=Path(args.out), variant=args.variant, M=args.experts,
+                             out=_output_folder(args.out), variant=args.variant, M=args.experts,
                              seed=args.seed, resume=args.resume, evaluate_on=args.evaluate_on,
                              device=args.device)
     print(json.dumps(summary, indent=2))

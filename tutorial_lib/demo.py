@@ -25,10 +25,19 @@ DEMO_UNSEEN_INDEX = kernel_lib.kernel_indices("unseen_clean")[1]
 
 
 def _load(image: str) -> tuple[str, np.ndarray]:
-    from .data import BUNDLED_TEST, BUNDLED_TRAIN, bundled_images, load_image_y
+    from .data import (
+        BUNDLED_TEST,
+        BUNDLED_TRAIN,
+        DataError,
+        bundled_images,
+        load_image_y,
+    )
     if image in BUNDLED_TEST or image in BUNDLED_TRAIN:
         split = "test" if image in BUNDLED_TEST else "train"
         return image, bundled_images(split)[image]
+    if not Path(image).exists():
+        raise DataError(f"image {image!r} is neither a bundled photograph ({', '.join(BUNDLED_TEST + BUNDLED_TRAIN)}) "
+                        "nor an existing image file")
     return Path(image).stem, load_image_y(image)
 
 
