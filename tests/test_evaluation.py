@@ -1,6 +1,7 @@
 """The evaluation protocol, and the paper's Bicubic rows reproduced on Set5."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,8 +128,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_cli_checks_its_arguments_before_any_work(tmp_path, capsys, monkeypatch):
     """An --out that is a file, an unknown demo image and a checkpoint for another scale are
     refused with one line each, before training, the demo or a download starts."""
-    from pathlib import Path
-
     from tutorial_lib import demo, training
 
     a_file = tmp_path / "notes.txt"
@@ -201,6 +200,33 @@ def test_cli_train_the_readme_job_on_a_tiny_folder(tmp_path, capsys):
     assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--out", str(out),
                      "--resume", str(out / "x2_uniform.pt")]) == 2
     assert "--resume continues one model" in capsys.readouterr().err
+
+
+def test_cli_train_that_fails_before_saving_leaves_no_new_folder(tmp_path, capsys):
+    """A run refused after its --out folder was made (a checkpoint of another kind to resume, an
+    interrupt) removes the folders it created while they are empty; a folder that was there stays."""
+    from tutorial_lib import training
+
+    single = Path(__file__).resolve().parents[1] / "data" / "checkpoints" / "x2_single.pt"
+    out = tmp_path / "runs" / "x2"
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--data", "bundled", "--variant", "mixture",
+                     "--resume", str(single), "--out", str(out)]) == 2
+    assert "expected 'mixture'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--data", "bundled", "--experts", "0",
+                     "--variant", "mixture", "--out", str(kept)]) == 2
+    assert "M (number of latent states) must be >= 1" in capsys.readouterr().err
+    assert kept.is_dir()  # it was there before the run
+    with pytest.raises(KeyboardInterrupt), training._output_folder(tmp_path / "a" / "b") as folder:
+        assert folder.is_dir()
+        raise KeyboardInterrupt
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(RuntimeError), training._output_folder(tmp_path / "c") as folder:
+        (folder / "x2_single.pt").write_bytes(b"saved")
+        raise RuntimeError("after a checkpoint was saved")
+    assert (tmp_path / "c" / "x2_single.pt").is_file()
 
 
 def test_cli_train_saves_the_mixtures_prior_and_resumes_with_it(tmp_path, capsys, monkeypatch):

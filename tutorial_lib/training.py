@@ -1468,6 +1468,23 @@ def train_all(
     }
 
 
+@contextlib.contextmanager
+def _output_folder(out: Path):
+    """Create ``out`` (and its missing parents) for a run's checkpoints; if the run fails
+    before anything was saved there (bad arguments, an interrupt), remove the folders it created."""
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        for folder in missing:  # the deepest first; stop at the first that holds something
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def train_from_cli(
     scale: int,
     budget: str | None,
@@ -1498,49 +1515,48 @@ def train_from_cli(
     source = "bundled-train" if str(data).strip().lower() == "bundled" else data
     images = load_images(source)
     eval_sets = {str(evaluate_on): load_images(evaluate_on)} if evaluate_on else None
-    out = Path(out)
     show = True
-    if variant == "all":
-        if resume is not None:
-            raise ValueError("--resume continues one model: pick --variant encoder, mixture, single, "
-                             "average, uniform or hard")
-        result = train_all(images, scale, budget_obj, out, M=M, seed=seed, device=device, progress=show,
-                           eval_images=eval_sets)
-        return {"budget": result["budget"], "data": str(source), "paths": result["paths"],
-                "metrics": result["metrics"], "wall_time_s": result["wall_time_s"],
-                "steps": {k: h.meta["steps"] for k, h in result["histories"].items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    if variant == "encoder":
-        model, history = pretrain_encoder(images, scale, budget_obj, M=M, seed=seed, device=device,
-                                          progress=show, resume_from=resume)
-        path = save_trained(model, out / f"x{scale}_encoder.pt", "encoder", history, budget_obj, seed, config={"scale": scale})
-        metrics = {name: encoder_metrics(model, imgs, scale) for name, imgs in (eval_sets or {}).items()}
-    else:
-        if variant == "single":
-            model, history = train_single(images, scale, budget_obj, seed=seed, device=device, progress=show,
-                                          resume_from=resume)
-            kind, name = "single", "single"
-        elif variant in ("mixture", "average", "uniform", "hard"):
-            kwargs = {"mixture": {}, "average": {"variant": "average"}, "uniform": {"prior": "uniform"},
-                      "hard": {"variant": "hard"}}[variant]
-            beside = Path(resume).with_name(f"x{scale}_encoder.pt") if resume else None
-            if beside is not None and beside.is_file() and variant in ("mixture", "hard"):
-                # the prior a resumed mixture was trained with, when train_all saved it beside the mixture
-                kwargs["encoder"] = load_checkpoint(beside, expected_kind="encoder", scale=scale)[0]
-            model, history = train_mixture(images, scale, budget_obj, M=M, seed=seed, device=device, progress=show,
-                                           resume_from=resume, **kwargs)
-            kind, name = "mixture", variant
+    with _output_folder(Path(out)) as folder:  # removed again if nothing was saved in it
+        if variant == "all":
+            if resume is not None:
+                raise ValueError("--resume continues one model: pick --variant encoder, mixture, single, "
+                                 "average, uniform or hard")
+            result = train_all(images, scale, budget_obj, folder, M=M, seed=seed, device=device, progress=show,
+                               eval_images=eval_sets)
+            return {"budget": result["budget"], "data": str(source), "paths": result["paths"],
+                    "metrics": result["metrics"], "wall_time_s": result["wall_time_s"],
+                    "steps": {k: h.meta["steps"] for k, h in result["histories"].items()}}
+        if variant == "encoder":
+            model, history = pretrain_encoder(images, scale, budget_obj, M=M, seed=seed, device=device,
+                                              progress=show, resume_from=resume)
+            path = save_trained(model, folder / f"x{scale}_encoder.pt", "encoder", history, budget_obj, seed, config={"scale": scale})
+            metrics = {name: encoder_metrics(model, imgs, scale) for name, imgs in (eval_sets or {}).items()}
         else:
-            raise ValueError(f"variant must be one of all, encoder, mixture, single, average, uniform, hard; "
-                             f"got {variant!r}")
-        path = save_trained(model, out / f"x{scale}_{name}.pt", kind, history, budget_obj, seed)
-        if variant == "mixture" and history.pretrained_encoder is not None:  # its prior, to resume with
-            save_trained(history.pretrained_encoder, out / f"x{scale}_encoder.pt", "encoder", history.pretrain,
-                         budget_obj, seed, config={"scale": scale})
-        metrics = {set_name: evaluate_model(model, imgs, scale, max_side=budget_obj.eval_max_side)
-                   for set_name, imgs in (eval_sets or {}).items()}
-    if metrics:
-        update_sidecar_metrics(path, metrics)
+            if variant == "single":
+                model, history = train_single(images, scale, budget_obj, seed=seed, device=device, progress=show,
+                                              resume_from=resume)
+                kind, name = "single", "single"
+            elif variant in ("mixture", "average", "uniform", "hard"):
+                kwargs = {"mixture": {}, "average": {"variant": "average"}, "uniform": {"prior": "uniform"},
+                          "hard": {"variant": "hard"}}[variant]
+                beside = Path(resume).with_name(f"x{scale}_encoder.pt") if resume else None
+                if beside is not None and beside.is_file() and variant in ("mixture", "hard"):
+                    # the prior a resumed mixture was trained with, when train_all saved it beside the mixture
+                    kwargs["encoder"] = load_checkpoint(beside, expected_kind="encoder", scale=scale)[0]
+                model, history = train_mixture(images, scale, budget_obj, M=M, seed=seed, device=device, progress=show,
+                                               resume_from=resume, **kwargs)
+                kind, name = "mixture", variant
+            else:
+                raise ValueError(f"variant must be one of all, encoder, mixture, single, average, uniform, hard; "
+                                 f"got {variant!r}")
+            path = save_trained(model, folder / f"x{scale}_{name}.pt", kind, history, budget_obj, seed)
+            if variant == "mixture" and history.pretrained_encoder is not None:  # its prior, to resume with
+                save_trained(history.pretrained_encoder, folder / f"x{scale}_encoder.pt", "encoder", history.pretrain,
+                             budget_obj, seed, config={"scale": scale})
+            metrics = {set_name: evaluate_model(model, imgs, scale, max_side=budget_obj.eval_max_side)
+                       for set_name, imgs in (eval_sets or {}).items()}
+        if metrics:
+            update_sidecar_metrics(path, metrics)
     return {"budget": budget_obj.name, "data": str(source), "variant": variant, "path": str(path),
             "steps": history.meta["steps"], "wall_time_s": round(history.meta["wall_time_s"], 2),
             "metrics": metrics}
