@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -74,7 +75,7 @@ from tutorial_lib.checkpoints import (
     load_checkpoint,
     sidecar_path,
 )
-from tutorial_lib.data import find_local_benchmark, load_folder, load_images
+from tutorial_lib.data import DataError, find_local_benchmark, load_folder, load_images
 from tutorial_lib.models import device_of
 
 MATRIX_KERNELS = (  # representative seen kernels: narrow/wide, three orientations
@@ -138,7 +139,7 @@ def pack_images(images: dict[str, np.ndarray], path: Path) -> None:
     _atomic_write(path, write)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="bundled-train",
                         help="training images: a folder, a load_images source, or an .npz of Y images")
@@ -146,8 +147,8 @@ def main() -> None:
                         help="write --data as 16-bit Y images into FILE.npz and exit")
     parser.add_argument("--models", nargs="+", default=list(KINDS), choices=KINDS,
                         help="main stage: which of the three models to train (default all)")
-    parser.add_argument("--budget", default="cpu")
-    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--budget", default="cpu", choices=["smoke", "cpu", "gpu"])
+    parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4], choices=[2, 3, 4])
     parser.add_argument("--stages", nargs="+", default=["main"],
                         choices=["main", "evaluate", "results", "fusions", "warmstart", "equalsteps", "ablations",
                                  "msweep", "matrix"])
@@ -173,7 +174,7 @@ def main() -> None:
     parser.add_argument("--matrix-seconds", type=float, default=90.0)
     parser.add_argument("--sweep-eval-side", type=int, default=128,
                         help="msweep/matrix: evaluate on centre crops of this side (whole images: 0)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -185,6 +186,8 @@ def main() -> None:
         _log(f"wrote {len(images)} images of {data_label} to {args.pack_data}")
         return
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {args.out!r} is a file; name a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     set5_dir = None if args.set5 == "none" else (args.set5 or find_local_benchmark("Set5"))
     eval_sets = {}
@@ -485,5 +488,16 @@ def _set_training_data(path: Path, label: str, note: str | None = None) -> None:
     _atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main` with bad input (a missing folder, an unreadable image or checkpoint) reported
+    in one line and exit status 2, as ``python -m tutorial_lib`` does."""
+    try:
+        main(argv)
+    except (DataError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run())

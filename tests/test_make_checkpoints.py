@@ -141,3 +141,26 @@ def test_packed_data_is_checked(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no such file"):
         _main_in_process(monkeypatch, "--data", str(tmp_path / "missing.npz"), "--stages", "results")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
+    """A missing data folder, a scale the paper does not use and an --out that is a file end with
+    exit status 2 and one error line, before anything is trained or written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_checkpoints", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for args, message in ((["--data", str(tmp_path / "missing")], "neither 'bundled'"),
+                          (["--scales", "5"], "invalid choice: 5"),
+                          (["--out", str(a_file)], "is a file; name a folder")):
+        out = [] if "--out" in args else ["--out", str(tmp_path / "ck")]
+        try:
+            status = script.run(["--budget", "smoke", "--set5", "none", *out, *args])
+        except SystemExit as exit_:  # argparse's own errors
+            status = exit_.code
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and "Traceback" not in err
+    assert a_file.read_text() == "keep me" and not (tmp_path / "ck").exists()
