@@ -38,6 +38,17 @@ def test_8_bit_images_are_refused_not_scored():
             call()
 
 
+def test_a_reference_on_the_0_255_scale_is_refused_not_scored():
+    """Float images left on the 8-bit scale would clip to white and give a meaningless score."""
+    hr = np.linspace(0.0, 255.0, 64).reshape(8, 8)
+    for metric in (M.psnr_y, M.ssim_y):
+        with pytest.raises(ValueError, match=r"reference must be float in \[0, 1\].*\[0, 255\].*divide"):
+            metric(hr, hr / 255)
+        with pytest.raises(ValueError, match="reference must be"):
+            metric(np.broadcast_to(hr, (3, 8, 8)), np.zeros((3, 8, 8)))
+    assert M.psnr_y(hr / 255, hr / 255) == np.inf  # the same image in [0, 1] is fine
+
+
 def test_psnr_rounds_and_clips_the_estimate():
     hr = np.full((8, 8), 100 / 255)
     # within half a level of the truth and overshooting values clip to the same 8-bit image

@@ -34,6 +34,11 @@ def _check_pair(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray
                          f"estimate {estimate.shape}")
     if reference.ndim not in (2, 3):
         raise ValueError(f"expected (H, W) or a stack (N, H, W), got shape {reference.shape}")
+    one = _one_reference(reference)
+    if one.size and (one.min() < -1e-6 or one.max() > 1 + 1e-6):
+        # the estimate is clipped to [0, 1] by design (a network may overshoot); the ground truth is not
+        raise ValueError(f"reference must be float in [0, 1], its values span [{one.min():.4g}, {one.max():.4g}] "
+                         "(divide 8-bit images by 255)")
     return reference, estimate
 
 
