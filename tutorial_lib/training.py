@@ -48,9 +48,9 @@ channels and 7 blocks) trains at about 40 LR patches (24 x 24) per second, forwa
 backward, so 8 minutes would show it only ~20 k patches; experts of 32 channels and 4 blocks
 train at about 160 patches/s (batched; 175 as a loop; 2 threads, forward and backward) and
 reach far more in the same time. With E-Net pre-training for 90 s (6 k to 9 k steps) and
-joint training for 480 s (2.6 k and, in later runs, up to 4.7 k steps of 16 patches) on the
-nine bundled training photographs, the mixture reached 33.9 to 34.2 dB on Set5 x2 with the
-unseen kernels over four runs (bicubic 28.85 dB), 34.6 dB with the seen ones, and 33.6 /
+joint training for 480 s (2.6 k and, in later runs, up to 5.0 k steps of 16 patches) on the
+nine bundled training photographs, the mixture reached 33.8 to 34.2 dB on Set5 x2 with the
+unseen kernels over five runs (bicubic 28.85 dB), 34.5 to 34.6 dB with the seen ones, and 33.6 /
 33.7 dB on the bundled test photographs (bicubic 30.0 dB). A shared machine is slower: when
 other processes keep the cores busy, two PyTorch threads can be several times slower than
 one (``torch.set_num_threads(1)``), and a time budget then trains fewer steps.
