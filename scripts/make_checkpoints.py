@@ -72,6 +72,7 @@ from tutorial_lib import training as T
 from tutorial_lib.checkpoints import (
     CheckpointError,
     _atomic_write,
+    check_output_folder,
     load_checkpoint,
     sidecar_path,
 )
@@ -185,9 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         pack_images(images, Path(args.pack_data))
         _log(f"wrote {len(images)} images of {data_label} to {args.pack_data}")
         return
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {args.out!r} is a file; name a folder (it is created if missing)")
+    out = check_output_folder(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     set5_dir = None if args.set5 == "none" else (args.set5 or find_local_benchmark("Set5"))
     eval_sets = {}

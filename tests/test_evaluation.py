@@ -219,11 +219,11 @@ def test_cli_train_that_fails_before_saving_leaves_no_new_folder(tmp_path, capsy
                      "--variant", "mixture", "--out", str(kept)]) == 2
     assert "M (number of latent states) must be >= 1" in capsys.readouterr().err
     assert kept.is_dir()  # it was there before the run
-    with pytest.raises(KeyboardInterrupt), training._output_folder(tmp_path / "a" / "b") as folder:
+    with pytest.raises(KeyboardInterrupt), training._run_folder(tmp_path / "a" / "b") as folder:
         assert folder.is_dir()
         raise KeyboardInterrupt
     assert not (tmp_path / "a").exists()
-    with pytest.raises(RuntimeError), training._output_folder(tmp_path / "c") as folder:
+    with pytest.raises(RuntimeError), training._run_folder(tmp_path / "c") as folder:
         (folder / "x2_single.pt").write_bytes(b"saved")
         raise RuntimeError("after a checkpoint was saved")
     assert (tmp_path / "c" / "x2_single.pt").is_file()

@@ -67,6 +67,7 @@ __all__ = [
     "CheckpointError",
     "architecture_of",
     "build_model",
+    "check_output_folder",
     "checkpoint_dir",
     "file_sha256",
     "load_checkpoint",
@@ -102,6 +103,19 @@ def checkpoint_dir() -> Path:
     """
     folder = folder_from_environment(CHECKPOINT_DIR_VARIABLE, CheckpointError)
     return folder or Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
+def check_output_folder(path: str | os.PathLike, name: str = "out") -> Path:
+    """``path`` as a folder to write into, checked before any work: it may be missing (it is
+    created when written to), but neither it nor a parent may be a file (argument ``name``)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"lies under {str(folder)!r}, which is a file"
+                raise CheckpointError(f"{name} {str(path)!r} {what}; name a folder (it is created if missing)")
+            break
+    return path
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

@@ -41,17 +41,10 @@ def _load_images(source: str) -> dict:
     return load_images(source)
 
 
-def _output_folder(value: str | Path, option: str = "--out") -> Path:
-    """``value`` as the folder a command writes into, checked before any work is done: it may
-    be missing (it is created later), but neither it nor a parent may be a file."""
-    path = Path(value)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                what = "is a file" if folder == path else f"lies under {str(folder)!r}, which is a file"
-                raise CLIError(f"{option} {str(value)!r} {what}; name a folder (it is created if missing)")
-            break
-    return path
+def _output_folder(value: str) -> Path:
+    """``--out`` checked before any work (:func:`tutorial_lib.checkpoints.check_output_folder`)."""
+    from .checkpoints import check_output_folder
+    return check_output_folder(value, "--out")
 
 
 # ------------------------------------------------------------------------------ evaluate

@@ -132,6 +132,7 @@ from torch import nn
 from . import kernels as kernel_lib
 from .checkpoints import (
     CheckpointError,
+    check_output_folder,
     load_checkpoint,
     load_optimizer_state,
     save_checkpoint,
@@ -1469,9 +1470,10 @@ def train_all(
 
 
 @contextlib.contextmanager
-def _output_folder(out: Path):
+def _run_folder(out: Path):
     """Create ``out`` (and its missing parents) for a run's checkpoints; if the run fails
     before anything was saved there (bad arguments, an interrupt), remove the folders it created."""
+    check_output_folder(out)
     missing = [folder for folder in (out, *out.parents) if not folder.exists()]
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -1516,7 +1518,7 @@ def train_from_cli(
     images = load_images(source)
     eval_sets = {str(evaluate_on): load_images(evaluate_on)} if evaluate_on else None
     show = True
-    with _output_folder(Path(out)) as folder:  # removed again if nothing was saved in it
+    with _run_folder(Path(out)) as folder:  # removed again if nothing was saved in it
         if variant == "all":
             if resume is not None:
                 raise ValueError("--resume continues one model: pick --variant encoder, mixture, single, "
