@@ -44,6 +44,16 @@ def test_bicubic_equals_pil(scale, photo):
     assert np.abs(up[0, 0].numpy() - pil).max() < 1e-6
 
 
+def test_bicubic_takes_a_noisy_lr_image_outside_0_1(photo):
+    # a noisy LR image (Eq. 1 with noise) leaves [0, 1]; NumPy and torch upsample it alike
+    lr = D.degrade(photo, K.anisotropic_gaussian(1.0, 2.0, 0.0), 2, noise_sigma=0.05, rng=0)
+    assert lr.min() < 0 or lr.max() > 1
+    up = D.bicubic_upsample(lr, 2)
+    np.testing.assert_allclose(up, D.bicubic_upsample(torch.from_numpy(lr), 2).numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        D.bicubic_upsample(np.full((8, 8), np.nan), 2)
+
+
 def test_blur_is_scipy_correlate_with_reflect(photo):
     kernel = K.anisotropic_gaussian(0.75, 3.0, np.pi / 8)  # not symmetric under transpose
     expected = scipy.ndimage.correlate(photo, kernel, mode="reflect")

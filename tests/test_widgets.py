@@ -56,6 +56,19 @@ def test_noise_is_deterministic_given_the_seed(hr):
     assert a["psnr"] < clean["psnr"]
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_the_noise_slider_works_up_to_its_maximum_on_black_and_white(scale):
+    # noise pushes an LR image with pure black and white outside [0, 1]; bicubic takes it
+    image = np.zeros((60, 66))
+    image[:, 33:] = 1.0
+    explorer = kernel_explorer(image, scale=scale, draw=False)
+    sigma = explorer.controls["noise_sigma"].max
+    state = kernel_explorer_state(image, 1.5, 1.5, 0.0, scale, sigma, seed=0)
+    assert state["lr"].min() < 0 and state["lr"].max() > 1
+    np.testing.assert_array_equal(state["bicubic"], D.bicubic_upsample(state["lr"], scale))
+    assert np.isfinite(state["psnr"]) and np.isfinite(state["ssim"])
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"lambda1": 0.0}, "lambda1 must be a finite number > 0"),
     ({"lambda2": -1.0}, "lambda2 must be a finite number > 0"),

@@ -39,9 +39,10 @@ def _check_scale(scale: int) -> int:
 _RANGE_SLACK = 1e-3  # float round-off of an image in [0, 1], far below one 8-bit level (1/255)
 
 
-def _check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
+def _check_image(img: np.ndarray, name: str = "image", check_range: bool = True) -> np.ndarray:
     """``img`` as float64 (H, W), or a clear error: not 2-D (a colour image gets a hint), not
-    float, NaN or inf, or values far outside [0, 1] (8-bit levels stored as floats)."""
+    float, NaN or inf, or (with ``check_range``) values far outside [0, 1] (8-bit levels
+    stored as floats)."""
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[-1] in (3, 4):
         raise ValueError(f"{name} has shape {img.shape}: expected a 2-D Y image (H, W), one channel; "
@@ -53,7 +54,7 @@ def _check_image(img: np.ndarray, name: str = "image") -> np.ndarray:
                          "(convert 8-bit images with img / 255)")
     if not np.isfinite(img).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    if img.size and (img.max() > 1.0 + _RANGE_SLACK or img.min() < -_RANGE_SLACK):
+    if check_range and img.size and (img.max() > 1.0 + _RANGE_SLACK or img.min() < -_RANGE_SLACK):
         raise ValueError(f"{name} must be float in [0, 1], got values in [{img.min():g}, {img.max():g}]"
                          + (" (8-bit levels? divide by 255)" if img.max() > 2.0 else ""))
     return img.astype(np.float64, copy=False)
@@ -262,6 +263,8 @@ def bicubic_upsample(lr: np.ndarray | torch.Tensor, scale: int) -> np.ndarray | 
     """Bicubic upsampling by ``scale``, equal to PIL's ``Image.resize(..., BICUBIC)``.
 
     NumPy (h, w) -> (u·h, u·w) float64; torch (..., h, w) -> (..., u·h, u·w) same device/dtype.
+    Any finite values are accepted, not only [0, 1]: a noisy LR image (Eq. 1 with noise) leaves
+    [0, 1] near black and white, and the interpolation is linear in its input.
     """
     scale = _check_scale(scale)
     if isinstance(lr, torch.Tensor):
@@ -272,7 +275,7 @@ def bicubic_upsample(lr: np.ndarray | torch.Tensor, scale: int) -> np.ndarray | 
         up = F.interpolate(x, size=(shape[-2] * scale, shape[-1] * scale), mode="bicubic",
                            align_corners=False, antialias=True)
         return up.reshape(*shape[:-2], *up.shape[-2:])
-    lr = _check_image(lr, "lr")
+    lr = _check_image(lr, "lr", check_range=False)
     return bicubic_upsample(torch.from_numpy(np.ascontiguousarray(lr)), scale).numpy()
 
 
