@@ -86,7 +86,7 @@ def test_kl_from_logits_matches_and_is_stable():
 def test_elbo_terms_and_uniform_prior():
     experts, hr, q = _problem()
     out = elbo_loss(experts, hr, q, q, lam=0.05)
-    per_expert = ((experts - hr[:, None]) ** 2).mean(dim=(2, 3, 4))
+    per_expert = ((experts - hr[:, None]) ** 2).sum(dim=(2, 3, 4))  # the squared norm of Eq. (12)
     assert torch.allclose(out["per_expert"], per_expert)
     assert torch.allclose(out["recon"], (q * per_expert).sum(1).mean())
     assert torch.allclose(out["kl"], torch.zeros((), dtype=q.dtype), atol=1e-12)
@@ -162,7 +162,7 @@ def test_hard_selection_losses():
     q = q.clone().requires_grad_(True)
     out = hard_selection_losses(experts, hr, q)
     chosen = q.argmax(1)
-    manual = ((experts[torch.arange(3), chosen] - hr) ** 2).mean(dim=(1, 2, 3)).mean()
+    manual = ((experts[torch.arange(3), chosen] - hr) ** 2).sum(dim=(1, 2, 3)).mean()
     assert torch.allclose(out["expert_loss"], manual)
     assert torch.equal(out["chosen"], chosen)
     # Stage A: only the chosen experts get gradients, E-Net (q) none.

@@ -11,16 +11,19 @@ The squared error and the meaning of lambda
 Eq. (12) is ``E_q[ ||H - F(L, z)||^2 ] + lambda * KL(q || q^)``. How ``||.||^2`` is reduced
 over the ``N = H*W`` pixels changes what a given ``lambda`` means:
 
-- ``reduction='mean'`` (default): ``||.||^2`` is the *mean* squared error over pixels.
-- ``reduction='sum'``: the *sum* over pixels, ``N`` times larger.
+- ``reduction='sum'`` (the default of every loss here): the *sum* over pixels, the squared
+  norm as Eq. (12) writes it, and the scale :mod:`tutorial_lib.training` trains on.
+- ``reduction='mean'``: the *mean* squared error over pixels, ``N`` times smaller.
 
 ``recon_sum = N * recon_mean``, so ``recon_sum + (lambda * N) * KL = N * (recon_mean +
 lambda * KL)``: the mean-over-pixels loss with ``lambda`` has the same minimiser as the
 sum-over-pixels loss with ``lambda_sum = N * lambda``. The same ``lambda = 0.05`` is therefore
 a much stronger pull towards the prior ``q^`` with ``'mean'`` than with ``'sum'`` (N = 2304
 for a 48x48 HR patch), and it also depends on the pixel range: on [0, 255] images the
-squared error is 255^2 times larger than on [0, 1] images. The paper does not state either
-convention, so ``lambda`` has to be re-tuned for the one in use.
+squared error is 255^2 times larger than on [0, 1] images. The paper writes the squared norm
+(a sum) and ``lambda = 0.05`` but states neither the pixel range nor how its code reduces the
+error; the library reads Eq. (12) as written, on [0, 1] images, and any other convention needs
+``lambda`` re-tuned.
 
 Probabilistic reading (Eq. 7/8): the Gibbs likelihood ``p(H | z, L) ∝ exp(-||H - F||^2 /
 alpha)`` with the *sum* over pixels is a Gaussian with noise variance ``sigma^2 = alpha / 2``
@@ -86,7 +89,7 @@ def pretrain_loss(logits: torch.Tensor, kernel_index: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, kernel_index)
 
 
-def squared_error(prediction: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+def squared_error(prediction: torch.Tensor, target: torch.Tensor, reduction: Reduction = "sum") -> torch.Tensor:
     """Per-image squared error ``||target - prediction||^2`` reduced over the last three axes
     (channel and pixels): mean or sum. ``(..., 1, H, W)`` -> ``(...)``; broadcasts."""
     _check_reduction(reduction)
@@ -145,7 +148,7 @@ def elbo_loss(
     q: torch.Tensor,
     q_prior: torch.Tensor | None,
     lam: float = 0.05,
-    reduction: Reduction = "mean",
+    reduction: Reduction = "sum",
     *,
     scores: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -158,8 +161,9 @@ def elbo_loss(
         q_prior: (B, M) the pre-trained E-Net's posterior ``q^`` (detached here: it is a fixed
             target), or ``None`` for the uniform prior ("without pre-training").
         lam: weight ``lambda`` of the KL term; its meaning depends on ``reduction`` (module doc).
-        reduction: ``'mean'`` (default) or ``'sum'`` of the squared error over the ``N`` pixels;
-            ``'sum'`` with ``lam * N`` gives exactly ``N`` times the ``'mean'`` loss with ``lam``.
+        reduction: ``'sum'`` (default, Eq. 12's squared norm) or ``'mean'`` of the squared error
+            over the ``N`` pixels; ``'sum'`` with ``lam * N`` gives exactly ``N`` times the
+            ``'mean'`` loss with ``lam``.
         scores: optional (B, M) E-Net scores with ``softmax(scores) == q``; when given, the KL is
             computed from them with ``log_softmax`` (numerically preferable).
 
@@ -183,14 +187,14 @@ def elbo_loss(
     }
 
 
-def average_ensemble_loss(experts: torch.Tensor, hr: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+def average_ensemble_loss(experts: torch.Tensor, hr: torch.Tensor, reduction: Reduction = "sum") -> torch.Tensor:
     """The "averaged ensemble" ablation: ``||H - (1/M) sum_z F_z||^2`` (batch mean), no E-Net."""
     _check_experts(experts, hr)
     return squared_error(experts.mean(dim=1), hr, reduction).mean()
 
 
 def loss_of_expectation(
-    experts: torch.Tensor, hr: torch.Tensor, q: torch.Tensor, reduction: Reduction = "mean"
+    experts: torch.Tensor, hr: torch.Tensor, q: torch.Tensor, reduction: Reduction = "sum"
 ) -> torch.Tensor:
     """``||H - sum_z q_z F_z||^2`` (batch mean): the error of the fused prediction (Eq. 10).
 
@@ -203,7 +207,7 @@ def loss_of_expectation(
 
 
 def hard_selection_losses(
-    experts: torch.Tensor, hr: torch.Tensor, q: torch.Tensor, reduction: Reduction = "mean"
+    experts: torch.Tensor, hr: torch.Tensor, q: torch.Tensor, reduction: Reduction = "sum"
 ) -> dict[str, torch.Tensor]:
     """The two alternating objectives of the "hard selection with training" ablation.
 
@@ -224,7 +228,7 @@ def hard_selection_losses(
 
 
 def expected_loss_decomposition(
-    experts: torch.Tensor, hr: torch.Tensor, q: torch.Tensor, reduction: Reduction = "mean"
+    experts: torch.Tensor, hr: torch.Tensor, q: torch.Tensor, reduction: Reduction = "sum"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bias-variance split of the expected loss, per sample.
 
