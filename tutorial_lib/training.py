@@ -791,7 +791,8 @@ def recalibrate_batchnorm(
     kernels: str | np.ndarray = "seen",
     max_side: int | None = None,
 ) -> nn.Module:
-    """Recompute E-Net's BatchNorm running statistics on *whole* LR images (in place).
+    """Recompute E-Net's BatchNorm running statistics on *whole* LR images (in place), or on
+    their HR centre crops of side ``max_side`` when it is given (a faster approximation).
 
     During training BatchNorm normalises with the statistics of the current batch of
     patches and keeps exponential running averages, which eval mode uses. Whole images
