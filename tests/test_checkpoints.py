@@ -120,6 +120,53 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["single.json", "single.pt"]
 
 
+@pytest.mark.parametrize("bad_metadata", [{"created_on": __import__("datetime").date(2026, 1, 1)},
+                                          {"notes": {1, 2}}])
+def test_metadata_json_cannot_hold_is_refused_and_the_old_checkpoint_stays(tmp_path, bad_metadata):
+    model = _models()["single"]
+    path = tmp_path / "single.pt"
+    save_checkpoint(model, path, metadata={"steps": 1})
+    before = path.read_bytes(), sidecar_path(path).read_text()
+    with pytest.raises(CheckpointError, match="metadata and config must hold JSON values"):
+        save_checkpoint(Expert(3, **SMALL), path, metadata={"steps": 2, **bad_metadata})
+    assert (path.read_bytes(), sidecar_path(path).read_text()) == before  # weights and sidecar both old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["single.json", "single.pt"]
+    assert _same_weights(load_checkpoint(path)[0], model)
+
+
+def test_non_finite_numbers_are_stored_as_null(tmp_path):
+    path = tmp_path / "single.pt"
+    metrics = {"psnr": np.float64(np.inf), "per_image": np.array([np.nan, 30.5]), "t": torch.tensor([np.inf])}
+    sidecar = save_checkpoint(_models()["single"], path, metadata={"metrics": metrics})
+    stored = json.loads(sidecar_path(path).read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert stored["metrics"] == sidecar["metrics"] == {"psnr": None, "per_image": [None, 30.5], "t": [None]}
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"bytes": "13493"}, "'bytes' must be an integer"),
+    ({"architecture": None}, "'architecture' must be an object"),
+    ({"kind": "gan"}, "'kind' must be one of"),
+    ({"sha256": 123}, "'sha256' must be a string"),
+    ({"scale": 2.0}, "'scale' must be an integer"),
+    ({"scale": 3}, "'scale' is 3 but 'architecture.scale' is 2"),
+])
+def test_malformed_sidecar_fields_are_reported(tmp_path, edit, message):
+    path = tmp_path / "x2_single.pt"
+    save_checkpoint(Expert(2, **SMALL), path)
+    side = json.loads(sidecar_path(path).read_text())
+    side.update(edit)
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match="malformed: " + message):
+        load_checkpoint(path, scale=2)
+
+
+def test_a_scale_that_is_not_an_integer_is_refused(tmp_path):
+    path = tmp_path / "x2_single.pt"
+    save_checkpoint(Expert(2, **SMALL), path)
+    with pytest.raises(CheckpointError, match=r"scale must be an integer \(2, 3 or 4\), got 2.5"):
+        load_checkpoint(path, scale=2.5)
+
+
 def test_tampered_file_fails_the_hash(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(_models()["single"], path)

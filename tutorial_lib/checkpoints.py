@@ -143,21 +143,31 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(temporary_path)`` then move the result onto ``path`` in one step.
-
-    The temporary file lives in the same folder (``os.replace`` is atomic only within one
-    file system) and is removed if anything fails, so ``path`` is either the old file or the
-    complete new one, never half of it.
-    """
+def _temporary_beside(path: Path) -> Path:
+    """An empty temporary file in ``path``'s folder (``os.replace`` is atomic only within one
+    file system), named after ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
-    tmp = Path(tmp_name)
+    return Path(tmp_name)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Move the finished temporary file ``tmp`` onto ``path`` in one step."""
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual permissions
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(temporary_path)`` then move the result onto ``path`` in one step.
+
+    The temporary file lives in the same folder and is removed if anything fails, so
+    ``path`` is either the old file or the complete new one, never half of it.
+    """
+    tmp = _temporary_beside(path)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual permissions
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -170,11 +180,11 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _json_ready(value.tolist())
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
+        return _json_ready(value.detach().cpu().tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return _json_ready(value.item())
     if isinstance(value, (Path, torch.device, torch.dtype)):
         return str(value)
     if isinstance(value, float) and not np.isfinite(value):
@@ -292,7 +302,8 @@ def save_checkpoint(
             (``kind``, ``architecture``, ``scale``, ``sha256``, ``bytes``, ``versions``, ...).
 
     Returns:
-        The sidecar as a dict. The ``.pt`` is written (atomically) before the sidecar.
+        The sidecar as a dict. Both files are written in full under temporary names, then
+        moved into place; if anything fails before that, an existing checkpoint is untouched.
     """
     path = Path(path)
     if path.suffix != ".pt":
@@ -319,22 +330,39 @@ def save_checkpoint(
     scale = architecture.get("scale")
 
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
-    sidecar: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "kind": kind,
-        "file": path.name,
-        "bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
-        "scale": scale,
-        "architecture": architecture,
-        **metadata,
-        "versions": _versions(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    sidecar = _json_ready(sidecar)
-    text = json.dumps(sidecar, indent=2, sort_keys=False) + "\n"
-    _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # Both files are finished as temporary files first and only then moved into place, so an
+    # error (metadata JSON cannot hold, a full disk, Ctrl-C) leaves an existing checkpoint whole.
+    weights_tmp = _temporary_beside(path)
+    sidecar_tmp = None
+    try:
+        torch.save(state, weights_tmp)
+        sidecar: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "file": path.name,
+            "bytes": weights_tmp.stat().st_size,
+            "sha256": file_sha256(weights_tmp),
+            "scale": scale,
+            "architecture": architecture,
+            **metadata,
+            "versions": _versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        sidecar = _json_ready(sidecar)
+        try:
+            text = json.dumps(sidecar, indent=2, sort_keys=False, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as err:
+            raise CheckpointError("metadata and config must hold JSON values (numbers, strings, lists, dicts; "
+                                  f"NumPy and torch values are converted): {err}") from None
+        sidecar_tmp = _temporary_beside(sidecar_path(path))
+        sidecar_tmp.write_text(text, encoding="utf-8")
+        _publish(weights_tmp, path)
+        _publish(sidecar_tmp, sidecar_path(path))
+    except BaseException:
+        for tmp in (weights_tmp, sidecar_tmp):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        raise
     return sidecar
 
 
@@ -352,7 +380,33 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"sidecar {str(side)!r} is not valid JSON: {err}") from None
     if not isinstance(sidecar, dict) or "kind" not in sidecar or "architecture" not in sidecar:
         raise CheckpointError(f"sidecar {str(side)!r} lacks 'kind' or 'architecture'")
+    _check_sidecar_fields(sidecar, side)
     return sidecar
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_sidecar_fields(sidecar: dict[str, Any], side: Path) -> None:
+    """The fields :func:`load_checkpoint` relies on have the right types and agree."""
+    def bad(message: str) -> CheckpointError:
+        return CheckpointError(f"sidecar {str(side)!r} is malformed: {message}")
+
+    if sidecar["kind"] not in KINDS:
+        raise bad(f"'kind' must be one of {KINDS}, got {sidecar['kind']!r}")
+    architecture = sidecar["architecture"]
+    if not isinstance(architecture, dict):
+        raise bad(f"'architecture' must be an object, got {type(architecture).__name__}")
+    if sidecar.get("bytes") is not None and not _is_int(sidecar["bytes"]):
+        raise bad(f"'bytes' must be an integer, got {sidecar['bytes']!r}")
+    if sidecar.get("sha256") is not None and not isinstance(sidecar["sha256"], str):
+        raise bad(f"'sha256' must be a string, got {sidecar['sha256']!r}")
+    for where, value in (("scale", sidecar.get("scale")), ("architecture.scale", architecture.get("scale"))):
+        if value is not None and not _is_int(value):
+            raise bad(f"{where!r} must be an integer, got {value!r}")
+    if None not in (sidecar.get("scale"), architecture.get("scale")) and sidecar["scale"] != architecture["scale"]:
+        raise bad(f"'scale' is {sidecar['scale']} but 'architecture.scale' is {architecture['scale']}")
 
 
 def _scale_text(scale: Any) -> str:
@@ -406,7 +460,9 @@ def load_checkpoint(
                               f"its sidecar records {expected_hash[:12]}… (the file was changed or corrupted)")
     if expected_kind is not None and kind != expected_kind:
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {kind!r} network, expected {expected_kind!r}")
-    trained_scale = sidecar.get("scale")
+    trained_scale = sidecar.get("scale", sidecar["architecture"].get("scale"))
+    if scale is not None and not _is_int(scale):
+        raise CheckpointError(f"scale must be an integer (2, 3 or 4), got {scale!r}")
     if scale is not None and trained_scale is not None and int(scale) != int(trained_scale):
         raise CheckpointError(f"checkpoint {str(path)!r} was trained for {_scale_text(trained_scale)}, "
                               f"requested ×{scale}")
