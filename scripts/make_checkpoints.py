@@ -62,6 +62,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,7 @@ from tutorial_lib.checkpoints import (
     _atomic_write,
     check_output_folder,
     load_checkpoint,
+    read_sidecar,
     sidecar_path,
 )
 from tutorial_lib.data import DataError, find_local_benchmark, load_folder, load_images
@@ -107,25 +109,34 @@ def load_training_images(source: str) -> tuple[dict[str, np.ndarray], str]:
     if source.endswith(".npz"):
         if not os.path.isfile(source):
             raise SystemExit(f"error: --data {source!r}: no such file")
-        with np.load(source) as packed:
-            images = {}
-            for name in packed.files:
-                array = packed[name]
-                if array.ndim != 2:
-                    raise SystemExit(f"error: {source}: {name!r} is not a 2-D Y image (shape {array.shape})")
-                if array.dtype == np.uint16:
-                    images[name] = array.astype(np.float64) / Y_STEPS
-                elif np.issubdtype(array.dtype, np.floating):
-                    images[name] = array.astype(np.float64)
-                else:
-                    raise SystemExit(f"error: {source}: {name!r} has dtype {array.dtype} (expected uint16 or float)")
-                if not 0.0 <= images[name].min() <= images[name].max() <= 1.0:
-                    raise SystemExit(f"error: {source}: {name!r} holds values outside [0, 1]")
+        try:
+            packed = np.load(source)
+            if not isinstance(packed, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one array, not named images")
+            with packed:
+                arrays = {name: packed[name] for name in packed.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise SystemExit(f"error: --data {source!r} is not a readable .npz of Y images "
+                             f"({type(err).__name__}: {err})") from None
+        images = {}
+        for name, array in arrays.items():
+            if array.ndim != 2:
+                raise SystemExit(f"error: {source}: {name!r} is not a 2-D Y image (shape {array.shape})")
+            if array.dtype == np.uint16:
+                images[name] = array.astype(np.float64) / Y_STEPS
+            elif np.issubdtype(array.dtype, np.floating):
+                images[name] = array.astype(np.float64)
+            else:
+                raise SystemExit(f"error: {source}: {name!r} has dtype {array.dtype} (expected uint16 or float)")
+            if not 0.0 <= images[name].min() <= images[name].max() <= 1.0:
+                raise SystemExit(f"error: {source}: {name!r} holds values outside [0, 1]")
         if not images:
             raise SystemExit(f"error: {source} holds no image")
         return images, Path(source).stem
     if os.path.isdir(source):
         return load_folder(source), Path(source).name
+    if source.strip().lower() == "bundled":  # as `python -m tutorial_lib train --data bundled`: never the test photographs
+        source = "bundled-train"
     return load_images(source), source
 
 
@@ -176,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-eval-side", type=int, default=128,
                         help="msweep/matrix: evaluate on centre crops of this side (whole images: 0)")
     args = parser.parse_args(argv)
+    if "warmstart" in args.stages and not 0.0 < args.warm_fraction < 1.0:
+        raise SystemExit(f"error: --warm-fraction must lie strictly between 0 and 1, got {args.warm_fraction}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -187,7 +200,6 @@ def main(argv: list[str] | None = None) -> None:
         _log(f"wrote {len(images)} images of {data_label} to {args.pack_data}")
         return
     out = check_output_folder(args.out, "--out")
-    out.mkdir(parents=True, exist_ok=True)
     set5_dir = None if args.set5 == "none" else (args.set5 or find_local_benchmark("Set5"))
     eval_sets = {}
     if set5_dir:
@@ -197,6 +209,11 @@ def main(argv: list[str] | None = None) -> None:
              "tutorial_lib.data.fetch_benchmark('Set5')): the sidecars get no Set5 metrics")
     if args.eval_bundled:
         eval_sets["bundled-test"] = load_images("bundled-test")
+    only_evaluate = [stage for stage in ("evaluate", "fusions") if stage in args.stages]
+    if only_evaluate and not eval_sets:  # they would overwrite stored metrics with nothing
+        raise SystemExit(f"error: --stages {' '.join(only_evaluate)} evaluate on Set5 or the bundled test images, and "
+                         "neither is here: pass --set5 DIR (or set TUTORIAL_SET5_DIR) and/or --eval-bundled")
+    out.mkdir(parents=True, exist_ok=True)
     budget = T.get_training_budget(args.budget)
     overrides = {k: v for k, v in (("pretrain_seconds", args.pretrain_seconds),
                                    ("joint_seconds", args.joint_seconds)) if v is not None}
@@ -229,10 +246,10 @@ def main(argv: list[str] | None = None) -> None:
             _log(f"x{scale}: evaluating the checkpoints in {out}")
             metrics = T.evaluate_trained(models["encoder"], models["mixture"], models["single"], eval_sets, scale,
                                          max_side=budget.eval_max_side)
-            for kind, path in paths.items():
+            for kind, path in paths.items():  # metrics only: what the models were trained on stays recorded
                 T.update_sidecar_metrics(path, metrics[kind])
-                _set_training_data(path, data_label, args.note)
-            _write_results_of(out, scale, sidecars, data_label, args.note, metrics)
+            _write_results_of(out, scale, sidecars, sidecars["mixture"].get("training_data", {}).get("source", data_label),
+                              args.note or sidecars["mixture"].get("note"), metrics)
             _log(f"x{scale}: {json.dumps(metrics)}")
 
     if "results" in args.stages:
@@ -256,15 +273,13 @@ def main(argv: list[str] | None = None) -> None:
             _log(f"x{scale} fusions: {json.dumps(metrics)}")
 
     if "warmstart" in args.stages:
-        if not 0.0 < args.warm_fraction < 1.0:
-            raise SystemExit(f"error: --warm-fraction must lie strictly between 0 and 1, got {args.warm_fraction}")
         for scale in args.scales:
             _warm_start(images, scale, budget, out, eval_sets, data_label, args.note, args.warm_fraction,
                         args.posterior_tile, args.seed)
 
     if "equalsteps" in args.stages:
         for scale in args.scales:
-            sidecar = json.loads(sidecar_path(out / f"x{scale}_mixture.pt").read_text(encoding="utf-8"))
+            sidecar = read_sidecar(out / f"x{scale}_mixture.pt")  # its steps and time: the mixture must be there
             steps = int(sidecar["steps"])
             equal = T.with_overrides(budget, clock="steps", joint_steps=steps,
                                      joint_seconds=max(4 * sidecar["wall_time_s"], 60.0))
@@ -494,6 +509,11 @@ def run(argv: list[str] | None = None) -> int:
         main(argv)
     except (DataError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:  # the script's own "error: ..." lines: the same status
+        if not isinstance(stop.code, str):
+            raise
+        print(stop.code, file=sys.stderr)
         return 2
     return 0
 

@@ -43,12 +43,21 @@ def test_main_equal_steps_and_evaluate_stages(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TUTORIAL_SET5_DIR"}
     env["TUTORIAL_DATA_DIR"] = str(tmp_path / "no_benchmarks")
     looking = [a for a in common if a not in ("--set5", "none")]
-    run = _run("--stages", "evaluate", "--note", "re-evaluated", *looking, env=env)
+    # (--data names other images: evaluating does not relabel what the models were trained on)
+    run = _run("--stages", "evaluate", "--note", "re-evaluated", "--data", "bundled-test", *looking, env=env)
     assert run.returncode == 0, run.stderr
     assert "Set5: no local copy" in run.stdout
     again = json.loads((out / "x2_results.json").read_text(encoding="utf-8"))
     assert again["metrics"] == trained and again["note"] == "re-evaluated"
-    assert again["steps"] == results["steps"]
+    assert again["steps"] == results["steps"] and again["data"] == "bundled-train"
+    for kind in ("encoder", "mixture", "single"):
+        assert load_checkpoint(out / f"x2_{kind}.pt")[1]["training_data"]["source"] == "bundled-train"
+
+    # without an evaluation set, evaluating is refused before it could empty the stored metrics
+    before = (out / "x2_results.json").read_text(encoding="utf-8")
+    refused = _run("--stages", "evaluate", *[a for a in common if a != "--eval-bundled"])
+    assert refused.returncode == 2 and "--eval-bundled" in refused.stderr and "Traceback" not in refused.stderr
+    assert (out / "x2_results.json").read_text(encoding="utf-8") == before
 
     # the equal-steps single network (trained in the first run, after the main stage)
     equal = json.loads((out / "x2_single_equal_steps.json").read_text(encoding="utf-8"))
@@ -131,6 +140,10 @@ def test_packed_data_and_models_trained_in_separate_calls(tmp_path, monkeypatch)
     assert load_checkpoint(out / "x2_single.pt", expected_kind="single", scale=2)[1] == sidecars["single"]
     with pytest.raises(SystemExit, match="warm-fraction"):
         _main_in_process(monkeypatch, "--stages", "warmstart", "--warm-fraction", "1", *common)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit, match="warm-fraction"):  # checked before any stage runs
+        _main_in_process(monkeypatch, "--stages", "evaluate", "warmstart", "--warm-fraction", "2", *common)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_packed_data_is_checked(tmp_path, monkeypatch):
@@ -141,6 +154,32 @@ def test_packed_data_is_checked(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no such file"):
         _main_in_process(monkeypatch, "--data", str(tmp_path / "missing.npz"), "--stages", "results")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_bundled_means_the_training_photographs(monkeypatch):
+    import importlib.util
+
+    from tutorial_lib.data import load_images
+
+    spec = importlib.util.spec_from_file_location("make_checkpoints", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    images, label = script.load_training_images("bundled")
+    assert label == "bundled-train" and sorted(images) == sorted(load_images("bundled-train"))
+    assert not set(images) & set(load_images("bundled-test"))  # never the test photographs
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 half a zip", b"not an archive at all"])
+def test_an_unreadable_npz_is_reported_in_one_line(tmp_path, monkeypatch, content):
+    bad = tmp_path / "train.npz"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit, match="is not a readable .npz of Y images"):
+        _main_in_process(monkeypatch, "--data", str(bad), "--stages", "results", "--out", str(tmp_path / "ck"))
+    np.save(tmp_path / "one.npy", np.zeros((8, 8)))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(SystemExit, match="holds one array, not named images"):
+        _main_in_process(monkeypatch, "--data", str(tmp_path / "one.npz"), "--stages", "results")
+    assert not (tmp_path / "ck").exists()
 
 
 def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
