@@ -40,6 +40,17 @@ def test_a_device_torch_does_not_know_is_named():
         config.get_device("gpu")
 
 
+def test_a_bad_value_from_the_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TUTORIAL_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="environment variable TUTORIAL_DEVICE must be 'cpu' or 'cuda'.*'gpu'"):
+        config.get_device()
+    assert config.get_device("cpu").type == "cpu"  # an explicit device wins over the variable
+    monkeypatch.setenv("TUTORIAL_BUDGET", "fast")
+    with pytest.raises(ValueError, match="environment variable TUTORIAL_BUDGET must be one of.*'fast'"):
+        config.get_budget()
+    assert config.get_budget("smoke") == "smoke"
+
+
 def test_an_old_pytorch_beside_numpy_2_is_a_clear_import_error(monkeypatch):
     config.check_numpy_bridge()  # this environment exchanges arrays
 

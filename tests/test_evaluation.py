@@ -173,6 +173,10 @@ def test_cli_demo_reads_the_checkpoint_folder_named_by_the_environment(tmp_path,
     err = capsys.readouterr().err
     assert "TUTORIAL_CHECKPOINT_DIR" in err and "Traceback" not in err
     assert not (tmp_path / "out2").exists()
+    monkeypatch.delenv("TUTORIAL_CHECKPOINT_DIR")  # the option, like the variable, must name a folder
+    assert cli.main(["demo", "--checkpoints", str(tmp_path / "missing"), "--out", str(tmp_path / "out3")]) == 2
+    err = capsys.readouterr().err
+    assert "--checkpoints" in err and "is not a folder" in err and not (tmp_path / "out3").exists()
 
 
 def test_cli_train_the_readme_job_on_a_tiny_folder(tmp_path, capsys):
@@ -287,6 +291,22 @@ def test_cli_evaluate_a_mixture_with_q_from_tiles(tmp_path, capsys):
     assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--posterior-tile", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
+    assert "--posterior-tile must be a tile side >= 8" in err
+
+    # --method: bicubic alone, the fusions with a model (a single network: fused only)
+    for args, message in ((["--model", str(tmp_path / "mix.pt"), "--method", "bicubic"], "--method bicubic uses no model"),
+                          (["--model", str(tmp_path / "single.pt"), "--method", "hard"],
+                           "--method hard combines the experts of a mixture"),
+                          (["--method", "average"], "--method average needs --model"),
+                          (["--device", "banana"], "device must be 'cpu' or 'cuda'")):  # checked without a model too
+        assert cli.main([*common, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and message in err, err
+    assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--method", "average"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "mixture:mix.pt:average"
+    with pytest.raises(SystemExit):  # not a method at all: argparse lists the choices
+        cli.main([*common, "--method", "foo"])
+    assert "invalid choice: 'foo'" in capsys.readouterr().err
 
 
 def test_cli_evaluate_runs_the_model_on_the_device_asked(tmp_path, capsys, monkeypatch):

@@ -49,25 +49,33 @@ def _output_folder(value: str) -> Path:
 
 # ------------------------------------------------------------------------------ evaluate
 def _method_for(args: argparse.Namespace):
+    from .config import get_device
     from .evaluation import bicubic_method, model_method
+    device = get_device(args.device)  # checked whether or not a model uses it
     if args.model is None:
-        if args.method != "bicubic":
+        if args.method not in (None, "bicubic"):
             raise CLIError(f"--method {args.method} needs --model PATH (a trained checkpoint)")
         if args.posterior_tile is not None:
             raise CLIError("--posterior-tile needs --model PATH (a mixture checkpoint)")
         return bicubic_method(args.scale), "bicubic"
+    if args.method == "bicubic":
+        raise CLIError("--method bicubic uses no model: drop --model, or choose --method fused, hard or average")
+    if args.posterior_tile is not None and args.posterior_tile < 8:
+        raise CLIError(f"--posterior-tile must be a tile side >= 8 LR pixels, got {args.posterior_tile}")
     from .checkpoints import load_checkpoint
-    from .models import BlindSR, _check_tile
+    from .models import BlindSR
     model, sidecar = load_checkpoint(args.model, scale=args.scale)
-    output = {"bicubic": "fused", "model": "fused"}.get(args.method, args.method)
+    output = args.method or "fused"
+    if output != "fused" and not isinstance(model, BlindSR):
+        raise CLIError(f"--method {output} combines the experts of a mixture; {args.model} is a "
+                       f"{sidecar.get('kind')} network (use --method fused)")
     label = f"{sidecar.get('kind', 'model')}:{Path(args.model).name}:{output}"
     if args.posterior_tile is not None:
         if not isinstance(model, BlindSR):
             raise CLIError(f"--posterior-tile is for a mixture; {args.model} is a {sidecar.get('kind')} network")
-        model.posterior_tile = _check_tile(args.posterior_tile)
+        model.posterior_tile = args.posterior_tile
         label += f":q from {args.posterior_tile}x{args.posterior_tile} tiles"
-    from .config import get_device
-    method = model_method(model, args.scale, output=output, device=get_device(args.device))
+    method = model_method(model, args.scale, output=output, device=device)
     return method, label
 
 
@@ -95,8 +103,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError, checkpoint_dir
     from .demo import run_demo
     out = _output_folder(args.out)
+    if args.checkpoints is not None and not args.no_models and not Path(args.checkpoints).expanduser().is_dir():
+        raise CLIError(f"--checkpoints {args.checkpoints!r} is not a folder")
     try:
-        folder = None if args.no_models else Path(args.checkpoints or checkpoint_dir())
+        folder = None if args.no_models else Path(args.checkpoints or checkpoint_dir()).expanduser()
     except CheckpointError as err:
         raise CLIError(str(err)) from err
     report = run_demo(image=args.image, scale=args.scale, out_dir=out, checkpoint_dir=folder)
@@ -162,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "downloaded once) or a folder of images")
     ev.add_argument("--scale", type=_scale, required=True)
     ev.add_argument("--kernels", choices=["seen", "unseen", "unseen_clean", "all"], default="unseen")
-    ev.add_argument("--method", default="bicubic",
-                    help="bicubic; with --model: fused (Eq. 10, default), hard or average")
+    ev.add_argument("--method", default=None, choices=["bicubic", "fused", "hard", "average"],
+                    help="without --model: bicubic (default); with --model: fused (Eq. 10, default), "
+                         "hard or average (a single network: fused)")
     ev.add_argument("--model", default=None, help="a checkpoint (.pt) of a mixture or single network")
     ev.add_argument("--posterior-tile", type=int, default=None, metavar="P",
                     help="mixture only: q from E-Net on P x P tiles of the LR image, averaged "

@@ -34,16 +34,18 @@ def _ci_enabled() -> bool:
 
 def get_budget(budget: str | None = None) -> str:
     """Return the budget name to use: ``'smoke'``, ``'cpu'`` or ``'gpu'`` (see module doc)."""
+    source = "budget"
     if budget is None:
         budget = os.environ.get("TUTORIAL_BUDGET") or None
+        source = "environment variable TUTORIAL_BUDGET"
     if budget is None:
         if _ci_enabled():
             return "smoke"
         return "gpu" if torch.cuda.is_available() else "cpu"
-    budget = str(budget).strip().lower()
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-    return budget
+    name = str(budget).strip().lower()
+    if name not in BUDGETS:
+        raise ValueError(f"{source} must be one of {BUDGETS}, got {budget!r}")
+    return name
 
 
 def folder_from_environment(variable: str, error: type[Exception] = ValueError) -> Path | None:
@@ -73,15 +75,19 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     Default: the environment variable ``TUTORIAL_DEVICE`` if set, else CUDA when available,
     else the CPU. Asking for CUDA on a machine without it is a ``ValueError``.
     """
+    source = "device"
     if device is None:
-        device = os.environ.get("TUTORIAL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = os.environ.get("TUTORIAL_DEVICE") or None
+        source = "environment variable TUTORIAL_DEVICE"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(device)
+        chosen = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
-    return device
+        raise ValueError(f"{source} must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{source} asks for {device!r}, but CUDA is not available on this machine")
+    return chosen
 
 
 def device_name(device: str | torch.device | None = None) -> str:
