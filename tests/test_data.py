@@ -97,6 +97,26 @@ def test_16_bit_gray_is_scaled_by_65535(tmp_path):
     np.testing.assert_allclose(data.load_image_y(path), values / 65535.0, atol=1e-15)
 
 
+def test_16_bit_gray_alpha_png_is_refused_not_misread(tmp_path):
+    # Pillow opens a 16-bit gray + alpha PNG as 8-bit RGBA with wrong values; such a file is refused
+    import struct
+    import zlib
+
+    gray = (np.arange(20).reshape(4, 5) * 3000).astype(">u2")
+    alpha = np.full((4, 5), 65535, dtype=">u2")
+    rows = b"".join(b"\x00" + np.stack([gray[i], alpha[i]], -1).tobytes() for i in range(4))
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", 5, 4, 16, 4, 0, 0, 0)  # 16 bit, colour type 4: gray + alpha
+    path = tmp_path / "gray_alpha16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    with pytest.raises(data.DataError, match="16-bit gray \\+ alpha PNG"):
+        data.load_image_y(path)
+
+
 def test_float_image_must_lie_in_unit_interval(tmp_path):
     inside = np.array([[0.0, 0.25], [0.5, 1.0]], dtype=np.float32)
     Image.fromarray(inside, mode="F").save(tmp_path / "inside.tif")

@@ -151,7 +151,8 @@ def load_image_y(path: str | os.PathLike) -> np.ndarray:
     - CMYK, YCbCr, LAB: converted to RGB by Pillow, then as RGB.
 
     Multi-frame files give their first frame; EXIF orientation is ignored (pixels as stored);
-    16-bit-per-channel colour PNGs are reduced to 8 bit by Pillow.
+    16-bit-per-channel colour PNGs are reduced to 8 bit by Pillow; 16-bit gray + alpha PNGs
+    are refused (Pillow decodes them as wrong colour values).
 
     Raises :class:`DataError` naming the path for a missing, unreadable or corrupt file.
     """
@@ -163,6 +164,10 @@ def load_image_y(path: str | os.PathLike) -> np.ndarray:
     what = f"image file {str(path)!r}"
     try:
         with Image.open(path) as image:
+            raw_modes = [str(getattr(tile, "args", None) or "") for tile in (image.tile or [])]
+            if image.mode == "RGBA" and any(raw.startswith("LA;16") for raw in raw_modes):
+                raise DataError(f"{what} is a 16-bit gray + alpha PNG, which Pillow does not decode "
+                                "correctly; save it as 16-bit gray without alpha, or as 8-bit")
             image.load()
             array = _pil_to_array(image, what)
     except DataError:
@@ -249,7 +254,7 @@ def bundled_images(split: str = "test") -> dict[str, np.ndarray]:
 
     Returns ``{name: Y}`` in the fixed order of :data:`BUNDLED_TRAIN` / :data:`BUNDLED_TEST`;
     each Y is a fresh float64 (H, W) array in [0, 1] at the photograph's full size (not
-    resized or cropped; sizes range from 300 x 451 to 500 x 741).
+    resized or cropped; from 303 x 384 (coins) and 300 x 451 (chelsea) to 500 x 741).
     """
     if split not in _SPLITS:
         raise DataError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
