@@ -109,15 +109,15 @@ def load_training_images(source: str) -> tuple[dict[str, np.ndarray], str]:
     if source.endswith(".npz"):
         if not os.path.isfile(source):
             raise SystemExit(f"error: --data {source!r}: no such file")
+        unreadable = f"error: --data {source!r} is not a readable .npz of Y images"
         try:
             packed = np.load(source)
-            if not isinstance(packed, np.lib.npyio.NpzFile):
-                raise ValueError("it holds one array, not named images")
+            if isinstance(packed, np.ndarray):
+                raise SystemExit(f"{unreadable} (it holds one array, not named images)")
             with packed:
                 arrays = {name: packed[name] for name in packed.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise SystemExit(f"error: --data {source!r} is not a readable .npz of Y images "
-                             f"({type(err).__name__}: {err})") from None
+            raise SystemExit(f"{unreadable} ({type(err).__name__}: {err})") from None
         images = {}
         for name, array in arrays.items():
             if array.ndim != 2:
@@ -248,13 +248,12 @@ def main(argv: list[str] | None = None) -> None:
                                          max_side=budget.eval_max_side)
             for kind, path in paths.items():  # metrics only: what the models were trained on stays recorded
                 T.update_sidecar_metrics(path, metrics[kind])
-            _write_results_of(out, scale, sidecars, sidecars["mixture"].get("training_data", {}).get("source", data_label),
-                              args.note or sidecars["mixture"].get("note"), metrics)
+            _write_results_of(out, scale, sidecars, args.note, metrics)
             _log(f"x{scale}: {json.dumps(metrics)}")
 
     if "results" in args.stages:
         for scale in args.scales:
-            _results_from_sidecars(out, scale, eval_sets, budget, data_label, args.note)
+            _results_from_sidecars(out, scale, eval_sets, budget, args.note)
 
     if "fusions" in args.stages:
         for scale in args.scales:
@@ -438,8 +437,7 @@ def _warm_start(images: dict, scale: int, budget, out: Path, eval_sets: dict, da
     _log(f"x{scale} warm start: {json.dumps(metrics)}")
 
 
-def _results_from_sidecars(out: Path, scale: int, eval_sets: dict, budget, data_label: str,
-                           note: str | None) -> None:
+def _results_from_sidecars(out: Path, scale: int, eval_sets: dict, budget, note: str | None) -> None:
     """``x{scale}_results.json`` from the three sidecars' metrics, bicubic measured here."""
     sidecars = {}
     for kind in KINDS:
@@ -459,8 +457,7 @@ def _results_from_sidecars(out: Path, scale: int, eval_sets: dict, budget, data_
                          "(pass --set5 DIR and/or --eval-bundled)")
     metrics["bicubic"] = {name: T.evaluate_model("bicubic", eval_sets[name], scale, max_side=budget.eval_max_side)
                           for name in sorted(sets)}
-    _write_results_of(out, scale, sidecars, sidecars["mixture"]["training_data"].get("source", data_label),
-                      note or sidecars["mixture"].get("note"), metrics)
+    _write_results_of(out, scale, sidecars, note, metrics)
     _log(f"x{scale}: results from the sidecars: {json.dumps(metrics)}")
 
 
@@ -473,12 +470,14 @@ def _write_results(out: Path, scale: int, budget: dict, data_label: str, note: s
         "steps": steps, "wall_time_s": wall_time_s, "metrics": metrics})
 
 
-def _write_results_of(out: Path, scale: int, sidecars: dict, data_label: str, note: str | None,
-                      metrics: dict) -> None:
-    """:func:`_write_results` for checkpoints on disk: budget, device, steps and wall times from
-    their sidecars (``{kind: sidecar}`` for encoder, mixture and single)."""
+def _write_results_of(out: Path, scale: int, sidecars: dict, note: str | None, metrics: dict) -> None:
+    """:func:`_write_results` for checkpoints on disk: budget, training data, device, steps and
+    wall times from their sidecars (``{kind: sidecar}`` for encoder, mixture and single); the
+    note is ``note``, else the mixture's."""
     stages = {"pretrain": "encoder", "mixture": "mixture", "single": "single"}
-    _write_results(out, scale, sidecars["mixture"]["budget_settings"], data_label, note,
+    mixture = sidecars["mixture"]
+    _write_results(out, scale, mixture["budget_settings"], mixture.get("training_data", {}).get("source"),
+                   note or mixture.get("note"),
                    sidecars["mixture"].get("device_name"),
                    {stage: sidecars[kind]["steps"] for stage, kind in stages.items()},
                    {stage: sidecars[kind]["wall_time_s"] for stage, kind in stages.items()}, metrics)

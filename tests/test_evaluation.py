@@ -291,7 +291,7 @@ def test_cli_evaluate_a_mixture_with_q_from_tiles(tmp_path, capsys):
     assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--posterior-tile", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3 and "Traceback" not in err
-    assert "--posterior-tile must be a tile side >= 8" in err
+    assert "--posterior-tile must be None (whole image) or an integer tile side >= 8" in err
 
     # --method: bicubic alone, the fusions with a model (a single network: fused only)
     for args, message in ((["--model", str(tmp_path / "mix.pt"), "--method", "bicubic"], "--method bicubic uses no model"),

@@ -60,10 +60,9 @@ def _method_for(args: argparse.Namespace):
         return bicubic_method(args.scale), "bicubic"
     if args.method == "bicubic":
         raise CLIError("--method bicubic uses no model: drop --model, or choose --method fused, hard or average")
-    if args.posterior_tile is not None and args.posterior_tile < 8:
-        raise CLIError(f"--posterior-tile must be a tile side >= 8 LR pixels, got {args.posterior_tile}")
     from .checkpoints import load_checkpoint
-    from .models import BlindSR
+    from .models import BlindSR, _check_tile
+    _check_tile(args.posterior_tile, "--posterior-tile")  # before the checkpoint is read
     model, sidecar = load_checkpoint(args.model, scale=args.scale)
     output = args.method or "fused"
     if output != "fused" and not isinstance(model, BlindSR):

@@ -663,9 +663,9 @@ class BlindSR(nn.Module):
         return {"scores": scores, "q": q, "weights": weights, "experts": out["experts"], "fused": out["fused"]}
 
 
-def _check_tile(tile: int | None) -> int | None:
+def _check_tile(tile: int | None, name: str = "posterior_tile") -> int | None:
     if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 8):
-        raise ValueError(f"posterior_tile must be None (whole image) or an integer tile side >= 8, got {tile!r}")
+        raise ValueError(f"{name} must be None (whole image) or an integer tile side >= 8, got {tile!r}")
     return tile
 
 
