@@ -297,6 +297,26 @@ def test_resume_a_mixture_and_an_encoder(tmp_path, tiny_images):
                                resume_from=mix_path)
 
 
+def test_a_resume_keeps_the_prior_and_pretrains_only_what_it_needs(tmp_path, tiny_images):
+    budget = training.with_overrides("smoke", joint_steps=2, pretrain_steps=2)
+    uniform, h_uniform = training.train_mixture(tiny_images, 2, budget, prior="uniform", progress=False)
+    path = training.save_trained(uniform, tmp_path / "x2_uniform.pt", "mixture", h_uniform, budget, 0)
+    with pytest.raises(CheckpointError, match="trained with prior 'uniform'; cannot resume it with prior 'pretrained'"):
+        training.train_mixture(tiny_images, 2, budget, progress=False, resume_from=path)
+    _, again = training.train_mixture(tiny_images, 2, budget, prior="uniform", progress=False, resume_from=path)
+    assert again["step"] == [3, 4] and again.pretrain is None
+    # hard selection keeps its own E-Net when resumed (no prior in its loss): nothing is pre-trained again
+    hard, h_hard = training.train_mixture(tiny_images, 2, budget, variant="hard", progress=False)
+    assert h_hard.pretrain is not None  # a fresh run starts E-Net from pre-training
+    hard_path = training.save_trained(hard, tmp_path / "x2_hard.pt", "mixture", h_hard, budget, 0)
+    _, h_resumed = training.train_mixture(tiny_images, 2, budget, variant="hard", progress=False,
+                                          resume_from=hard_path)
+    assert h_resumed.pretrain is None and h_resumed.meta["start_step"] == 2
+    # the E-Net pre-trained inside train_mixture records the same data as the mixture
+    for meta in (h_hard.pretrain.meta, h_hard.meta):
+        assert meta["training_images"] == list(tiny_images) and meta["kernels"] == "seen"
+
+
 def test_a_resume_is_checked_before_anything_trains_and_the_cli_resumes_with_the_saved_prior(
         tmp_path, tiny_images, monkeypatch, capsys):
     budget = training.with_overrides("smoke", joint_steps=3, pretrain_steps=3)

@@ -88,6 +88,9 @@ def test_posterior_per_kernel_shape_and_rows():
     q = A.posterior_per_kernel(enet, images, 2, K.kernel_set("seen")[:5])
     assert q.shape == (2, 5, 3)
     assert np.allclose(q.sum(axis=2), 1.0, atol=1e-6)
+    # an encoder with its classifier, or a mixture: q over E-Net's M states, not the K classes
+    classifier = EncoderWithClassifier(enet, KernelClassifier(3, 29))
+    np.testing.assert_array_equal(A.posterior_per_kernel(classifier, images, 2, K.kernel_set("seen")[:5]), q)
 
 
 def test_kernel_information_bounds():

@@ -24,6 +24,8 @@ def test_plot_histories_draws_one_line_per_run_and_panel_per_key():
     assert loss_ax.get_xlabel() == "training step"
     with pytest.raises(ValueError, match="different lengths"):
         plots.plot_histories({"bad": {"step": [1, 2], "loss": [1.0]}}, ["loss"])
+    with pytest.raises(ValueError, match="'usage' holds a vector per entry"):  # one column at a time
+        plots.plot_histories({"run": {"step": [1, 2], "usage": [[0.5, 0.5], [0.4, 0.6]]}}, ["usage"])
     with pytest.raises(ValueError, match="at least one"):
         plots.plot_histories({}, ["loss"])
 

@@ -14,7 +14,7 @@ import torch
 
 from tutorial_lib import training
 from tutorial_lib.data import bundled_images
-from tutorial_lib.models import BlindSR, EncoderWithClassifier, ENet, Expert
+from tutorial_lib.models import BlindSR, EncoderWithClassifier, ENet, Expert, MixtureOfExperts
 from tutorial_lib.training import (
     BUDGETS,
     Budget,
@@ -396,6 +396,9 @@ def test_encoder_accuracy_on_whole_images(encoder, test_images):
     state = encoder_accuracy(model.enet, test_images, SCALE)  # a bare E-Net: M-way states
     assert state["kind"] == "state" and state["confusion"].shape == (29, 4)
     assert 0.5 <= state["top1"] <= 1  # with two images, the majority state covers >= half
+    mixture = BlindSR(model.enet, MixtureOfExperts(4, SCALE, channels=4, n_blocks=1))
+    of_mixture = encoder_accuracy(mixture, test_images, SCALE)  # a mixture: its E-Net's states
+    np.testing.assert_array_equal(of_mixture["confusion"], state["confusion"])
 
 
 def test_encoder_accuracy_counts_twins_as_right():

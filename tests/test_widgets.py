@@ -56,6 +56,15 @@ def test_noise_is_deterministic_given_the_seed(hr):
     assert a["psnr"] < clean["psnr"]
 
 
+def test_an_image_too_small_for_a_scale_the_dropdown_offers_is_refused(hr):
+    small = hr[:14, :14]  # 14 px: enough at x2 (14 >= 11), not at x3 (cropped to 12 < 2 * 3 + 7)
+    kernel_explorer_state(small, 1.0, 1.0, 0.0, 2, 0.0)
+    with pytest.raises(ValueError, match="too small for a 11x11 kernel at scale 3: it needs 13 px per side"):
+        kernel_explorer_state(small, 1.0, 1.0, 0.0, 3, 0.0)
+    with pytest.raises(ValueError, match="at scale 3"):
+        kernel_explorer(small, scale=2, draw=False)
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_the_noise_slider_works_up_to_its_maximum_on_black_and_white(scale):
     # noise pushes an LR image with pure black and white outside [0, 1]; bicubic takes it

@@ -41,6 +41,9 @@ def test_builder_errors(setup):
         posterior_explorer(model, images, image="c", draw=False)
     with pytest.raises(ValueError, match="at least one"):
         posterior_explorer(model, {}, draw=False)
+    small = {**images, "tiny": np.full((30, 40), 0.5)}  # every image the dropdown offers is checked
+    with pytest.raises(ValueError, match=r"images\['tiny'\] of size 30x40 is too small at scale 2"):
+        posterior_explorer(model, small, draw=False)
 
 
 def test_builder_draws(setup):

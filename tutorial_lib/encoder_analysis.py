@@ -30,7 +30,7 @@ from torch import nn
 
 from . import kernels as kernel_lib
 from .degradations import degrade_with_kernels, modcrop
-from .models import _tiles, device_of
+from .models import _tiles, device_of, enet_of
 
 __all__ = [
     "accuracy_from_probabilities",
@@ -181,9 +181,11 @@ def posterior_per_kernel(enet: nn.Module, images: Mapping[str, np.ndarray] | Seq
     """``q(z | L)`` of E-Net for every image × kernel: (n_images, K, M), rows summing to 1.
 
     Each HR image (float (H, W) in [0, 1], modcropped to ``scale``) is degraded by each of
-    the ``K`` kernels (Eq. 1) and the whole LR image goes through ``enet`` (an ``ENet``,
-    eval mode). Average over axis 0 for the mean posterior of each kernel.
+    the ``K`` kernels (Eq. 1) and the whole LR image goes through ``enet`` (an ``ENet``, or
+    the E-Net of an encoder with its classifier or of a mixture; eval mode). Average over
+    axis 0 for the mean posterior of each kernel.
     """
+    enet = enet_of(enet)  # also the E-Net of a classifier or a mixture: q over its M states
     arrays = list(images.values()) if isinstance(images, Mapping) else list(images)
     if not arrays:
         raise ValueError("images must hold at least one HR image")

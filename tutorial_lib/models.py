@@ -64,6 +64,7 @@ __all__ = [
     "SingleNetwork",
     "count_parameters",
     "device_of",
+    "enet_of",
 ]
 
 FusionMode = Literal["fused", "hard", "average"]
@@ -661,6 +662,20 @@ class BlindSR(nn.Module):
             weights = q
         out = self.mixture(lr, weights, base)
         return {"scores": scores, "q": q, "weights": weights, "experts": out["experts"], "fused": out["fused"]}
+
+
+def enet_of(model: nn.Module) -> ENet:
+    """The E-Net of an :class:`EncoderWithClassifier`, a :class:`BlindSR` or a bare :class:`ENet`.
+
+    Raises ``ValueError`` for a model without one (the averaged ensemble, a single expert).
+    """
+    if isinstance(model, ENet):
+        return model
+    if isinstance(model, (EncoderWithClassifier, BlindSR)):
+        if model.enet is None:
+            raise ValueError("this model has no E-Net (the averaged ensemble): it has no posterior")
+        return model.enet
+    raise ValueError(f"model must be an ENet, an EncoderWithClassifier or a BlindSR, got {type(model).__name__}")
 
 
 def _check_tile(tile: int | None, name: str = "posterior_tile") -> int | None:

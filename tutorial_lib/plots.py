@@ -387,8 +387,12 @@ def plot_histories(histories: Mapping[str, Mapping[str, Sequence]], keys: Sequen
             if key not in history or x not in history:
                 continue
             xs, ys = np.asarray(history[x], dtype=float), np.asarray(history[key], dtype=float)
+            if ys.ndim != 1:
+                raise ValueError(f"history {name!r}: {key!r} holds a vector per entry (shape {ys.shape}); "
+                                 "pass one column at a time as a history of its own (e.g. one per expert)")
             if xs.shape != ys.shape:
-                raise ValueError(f"history {name!r}: {x!r} and {key!r} have different lengths")
+                raise ValueError(f"history {name!r}: {x!r} and {key!r} have different lengths "
+                                 f"({len(xs)} and {len(ys)})")
             ax.plot(xs, ys, color=colour, lw=1.4, label=name)
             drawn = True
         if key in logy:

@@ -38,10 +38,11 @@ from matplotlib.figure import Figure
 from . import kernels as kernel_lib
 from .degradations import bicubic_upsample, degrade, degrade_with_kernels, modcrop
 from .metrics import psnr_y, ssim_y
-from .models import device_of
+from .models import device_of, enet_of
 
 __all__ = [
     "PosteriorSet",
+    "check_explorer_image",
     "collect_posteriors",
     "distance_preservation",
     "enet_of",
@@ -61,20 +62,7 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------ posteriors
-def enet_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The E-Net of an ``EncoderWithClassifier``, a ``BlindSR`` or a bare ``ENet``.
-
-    Raises ``ValueError`` for a model without one (the averaged ensemble, a single expert).
-    """
-    from .models import BlindSR, EncoderWithClassifier, ENet
-
-    if isinstance(model, ENet):
-        return model
-    if isinstance(model, (EncoderWithClassifier, BlindSR)):
-        if model.enet is None:
-            raise ValueError("this model has no E-Net (the averaged ensemble): it has no posterior")
-        return model.enet
-    raise ValueError(f"model must be an ENet, an EncoderWithClassifier or a BlindSR, got {type(model).__name__}")
+# enet_of (models) is re-exported here: it says what the functions below accept.
 
 
 @torch.no_grad()
@@ -356,6 +344,21 @@ def shuffled_baseline(measure: Callable[[np.ndarray], float], labels: np.ndarray
 
 
 # ------------------------------------------------------------------------- posterior explorer
+def check_explorer_image(hr: np.ndarray, scale: int, kernel_side: int, name: str = "hr") -> np.ndarray:
+    """``hr`` (float (H, W) in [0, 1]) modcropped to ``scale``, or a ``ValueError`` naming
+    ``name`` when it is too small for the kernel, E-Net's four stride-2 stages (16 LR px)
+    and SSIM's 7x7 window after shaving."""
+    hr = np.asarray(hr)
+    if hr.ndim != 2 or not np.issubdtype(hr.dtype, np.floating):
+        raise ValueError(f"{name} must be a float (H, W) image in [0, 1], got {hr.dtype} {hr.shape}")
+    cropped = modcrop(hr.astype(np.float64), scale)
+    need = max(kernel_side, 2 * scale + 7, 16 * scale)
+    if min(cropped.shape) < need:
+        raise ValueError(f"{name} of size {hr.shape[0]}x{hr.shape[1]} is too small at scale {scale}: "
+                         f"it needs {need} px per side")
+    return cropped
+
+
 def posterior_explorer_state(model: torch.nn.Module, hr: np.ndarray, lambda1: float | None = None,
                              lambda2: float | None = None, theta: float | None = None,
                              kernel: np.ndarray | None = None, kernel_size: int = kernel_lib.KERNEL_SIZE
@@ -386,13 +389,8 @@ def posterior_explorer_state(model: torch.nn.Module, hr: np.ndarray, lambda1: fl
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
         raise ValueError(f"kernel must be square with an odd side, got shape {kernel.shape}")
-    hr = np.asarray(hr)
-    if hr.ndim != 2 or not np.issubdtype(hr.dtype, np.floating):
-        raise ValueError(f"hr must be a float (H, W) image in [0, 1], got {hr.dtype} {hr.shape}")
     scale = int(model.scale)
-    hr = modcrop(hr.astype(np.float64), scale)
-    if min(hr.shape) < max(kernel.shape[0], 2 * scale + 7, 16 * scale):
-        raise ValueError(f"hr of size {hr.shape} is too small for this kernel at scale {scale}")
+    hr = check_explorer_image(hr, scale, kernel.shape[0])
     lr = degrade(hr, kernel, scale)
     lr_t = torch.as_tensor(lr, dtype=torch.float32)[None, None]
     model.eval()

@@ -162,6 +162,7 @@ from .models import (
     MixtureOfExperts,
     _check_tile,
     device_of,
+    enet_of,
 )
 from .objectives import (
     average_ensemble_loss,
@@ -823,7 +824,7 @@ def recalibrate_batchnorm(
 
 @torch.no_grad()
 def encoder_accuracy(
-    enet_or_classifier: EncoderWithClassifier | ENet,
+    enet_or_classifier: EncoderWithClassifier | ENet | BlindSR,
     images: Mapping[str, np.ndarray] | Sequence[np.ndarray],
     scale: int,
     kernels: str | np.ndarray = "seen",
@@ -841,7 +842,7 @@ def encoder_accuracy(
       ``top1``, ``top3`` as usual, and ``top1_distinct``, which also counts a prediction of
       a kernel identical to the true one (the seen set holds 3 duplicate pairs, so ``top1``
       cannot exceed 26/29 while ``top1_distinct`` can reach 1).
-    - For a bare :class:`ENet` (``M`` states, no kernel classes): each kernel's label is the
+    - For a bare :class:`ENet`, or a mixture's (``M`` states, no kernel classes): each kernel's label is the
       state most of its images fall into, and ``top1``/``top3`` measure how consistently
       images of a kernel land in that state (1 = every kernel is one cluster).
 
@@ -852,7 +853,8 @@ def encoder_accuracy(
     """
     arrays, _ = _as_image_list(images)
     kernel_array, _ = _kernel_array(kernels)
-    model = enet_or_classifier
+    model = enet_or_classifier if isinstance(enet_or_classifier, EncoderWithClassifier) \
+        else enet_of(enet_or_classifier)  # an ENet, or the E-Net of a mixture
     if device is None:
         device = device_of(model)
     device = torch.device(device)
@@ -891,16 +893,6 @@ def encoder_accuracy(
 # ======================================================================================
 # 4. Joint training (Eq. 12), the ablations, and the single network
 # ======================================================================================
-
-
-def _encoder_enet(encoder: EncoderWithClassifier | ENet | BlindSR) -> ENet:
-    if isinstance(encoder, (EncoderWithClassifier, BlindSR)):
-        if encoder.enet is None:
-            raise ValueError("the given model has no E-Net")
-        return encoder.enet
-    if isinstance(encoder, ENet):
-        return encoder
-    raise TypeError(f"encoder must be an EncoderWithClassifier or an ENet, got {type(encoder).__name__}")
 
 
 _MODE_OF_VARIANT = {"elbo": "fused", "hard": "hard", "average": "average"}
@@ -1001,12 +993,17 @@ def train_mixture(
         if recorded != variant or resumed_model.mixture.M != M:
             raise CheckpointError(f"{resume_from} holds a {recorded!r} mixture of M={resumed_model.mixture.M}; "
                                   f"cannot resume variant {variant!r} with M={M} from it")
+        if variant != "average" and sidecar.get("prior") not in (None, prior):
+            raise CheckpointError(f"{resume_from} was trained with prior {sidecar['prior']!r}; "
+                                  f"cannot resume it with prior {prior!r}")
 
+    # A resumed run keeps its own E-Net: a pre-trained one is then needed only as Eq. (12)'s prior.
+    needs_encoder = uses_pretrained and (resumed is None or variant == "elbo")
     pretrain_history = None
-    if uses_pretrained and encoder is None:
-        encoder, pretrain_history = pretrain_encoder(arrays, scale, budget, M=M, seed=seed, device=device,
-                                                     progress=progress, kernels=kernel_array)
-    pretrained_enet = _encoder_enet(encoder) if uses_pretrained else None
+    if needs_encoder and encoder is None:
+        encoder, pretrain_history = pretrain_encoder(dict(zip(names, arrays)), scale, budget, M=M, seed=seed,
+                                                     device=device, progress=progress, kernels=kernels)
+    pretrained_enet = enet_of(encoder) if uses_pretrained and encoder is not None else None
     if pretrained_enet is not None and pretrained_enet.M != M:
         raise ValueError(f"the encoder has M={pretrained_enet.M} states, but M={M} experts were asked for")
 
@@ -1275,7 +1272,7 @@ def evaluate_fusions(
     kernel (paper protocol: Y, 8-bit, shave ``scale``; averaged over every image x kernel).
 
     - ``whole``: Eq. (10) with ``q`` from E-Net on the whole LR image (the paper; the same
-      numbers as :func:`evaluate_model`);
+      numbers as :func:`evaluate_model` for a mixture in the ``fused`` mode, the default);
     - ``tiles``: Eq. (10) with ``q`` the mean posterior of the ``posterior_tile`` tiles (see
       :class:`~tutorial_lib.models.BlindSR`);
     - ``average``: the plain mean of the experts (no E-Net: an ensemble);
@@ -1533,7 +1530,8 @@ def train_from_cli(
             model, history = pretrain_encoder(images, scale, budget_obj, M=M, seed=seed, device=device,
                                               progress=show, resume_from=resume)
             path = save_trained(model, folder / f"x{scale}_encoder.pt", "encoder", history, budget_obj, seed, config={"scale": scale})
-            metrics = {name: encoder_metrics(model, imgs, scale) for name, imgs in (eval_sets or {}).items()}
+            metrics = {name: encoder_metrics(model, imgs, scale, max_side=budget_obj.eval_max_side)
+                       for name, imgs in (eval_sets or {}).items()}
         else:
             if variant == "single":
                 model, history = train_single(images, scale, budget_obj, seed=seed, device=device, progress=show,

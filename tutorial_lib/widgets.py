@@ -67,18 +67,9 @@ def kernel_explorer_state(hr: np.ndarray, lambda1: float, lambda2: float, theta:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) \
             or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    hr = np.asarray(hr)
-    if hr.ndim != 2:
-        raise ValueError(f"hr must be a single-channel image (H, W), got shape {hr.shape}")
-    if not np.issubdtype(hr.dtype, np.floating):
-        raise ValueError(f"hr must be float in [0, 1], got dtype {hr.dtype}")
-    if min(hr.shape) < max(kernel_size, 2 * int(scale) + 7):
-        raise ValueError(f"hr of size {hr.shape[0]}x{hr.shape[1]} is too small for a "
-                         f"{kernel_size}x{kernel_size} kernel at scale {scale}")
-
     scale = int(scale)
+    hr = _cropped_hr(hr, scale, int(kernel_size))
     kernel = kernel_lib.anisotropic_gaussian(lambda1, lambda2, float(theta), int(kernel_size))
-    hr = modcrop(hr.astype(np.float64, copy=False), scale)
     lr = degrade(hr, kernel, scale, noise_sigma=noise_sigma, rng=np.random.default_rng(seed))
     bicubic = bicubic_upsample(lr, scale)
     return {
@@ -91,6 +82,22 @@ def kernel_explorer_state(hr: np.ndarray, lambda1: float, lambda2: float, theta:
         "ssim": float(ssim_y(hr, bicubic, shave_border=scale)),
         "scale": scale,
     }
+
+
+def _cropped_hr(hr: np.ndarray, scale: int, kernel_size: int) -> np.ndarray:
+    """``hr`` modcropped to ``scale``, or a clear error: not a float (H, W) image, or too small
+    for the kernel and for SSIM's 7x7 window once ``scale`` pixels are shaved off each side."""
+    hr = np.asarray(hr)
+    if hr.ndim != 2:
+        raise ValueError(f"hr must be a single-channel image (H, W), got shape {hr.shape}")
+    if not np.issubdtype(hr.dtype, np.floating):
+        raise ValueError(f"hr must be float in [0, 1], got dtype {hr.dtype}")
+    cropped = modcrop(hr.astype(np.float64, copy=False), scale)
+    need = max(kernel_size, 2 * scale + 7)
+    if min(cropped.shape) < need:
+        raise ValueError(f"hr of size {hr.shape[0]}x{hr.shape[1]} is too small for a {kernel_size}x{kernel_size} "
+                         f"kernel at scale {scale}: it needs {need} px per side after cropping to a multiple of {scale}")
+    return cropped
 
 
 class _Explorer:
@@ -162,8 +169,10 @@ def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
     it by making it the last expression of a cell."""
     import ipywidgets as widgets
 
-    # validates every argument once, with the state function's messages
+    # validates every argument once, with the state function's messages, and hr at every scale offered
     kernel_explorer_state(hr, lambda1, lambda2, theta, scale, noise_sigma, kernel_size, seed)
+    for other in SCALES:
+        _cropped_hr(hr, other, int(kernel_size))
     style = {"description_width": "110px"}
     layout = widgets.Layout(width="420px")
     common = {"continuous_update": False, "style": style, "layout": layout}
@@ -246,7 +255,7 @@ def posterior_explorer(model: Any, images: dict[str, np.ndarray], image: str | N
     interface without figures (tests). Show it by making it the last expression of a cell."""
     import ipywidgets as widgets
 
-    from .posterior import posterior_explorer_state
+    from .posterior import check_explorer_image, posterior_explorer_state
 
     if not images:
         raise ValueError("images must hold at least one image")
@@ -254,6 +263,8 @@ def posterior_explorer(model: Any, images: dict[str, np.ndarray], image: str | N
     if image not in images:
         raise ValueError(f"image must be one of {list(images)}, got {image!r}")
     posterior_explorer_state(model, images[image], lambda1, lambda2, theta)  # validates once
+    for name, other in images.items():  # and every image the dropdown offers
+        check_explorer_image(other, int(model.scale), kernel_lib.KERNEL_SIZE, f"images[{name!r}]")
     style = {"description_width": "110px"}
     layout = widgets.Layout(width="420px")
     common = {"continuous_update": False, "style": style, "layout": layout}
