@@ -20,7 +20,9 @@ Stages (pick with ``--stages``):
   results only: ``x2_msweep.json``.
 - ``evaluate``: for each scale, evaluate the three checkpoints already in ``--out`` (as the
   main stage does after training) and write their metrics into the sidecars and
-  ``x{u}_results.json``; for checkpoints trained elsewhere.
+  ``x{u}_results.json``; for checkpoints trained elsewhere. What they were trained on stays
+  as their sidecars record it; without an evaluation set (Set5 or ``--eval-bundled``) the
+  stage, like ``fusions``, is refused.
 - ``results``: for each scale, ``x{u}_results.json`` from the metrics already in the three
   sidecars (no model is run), with bicubic measured here on the same evaluation sets.
 - ``fusions``: for each scale, the mixture in ``--out`` with its experts combined four ways
@@ -41,7 +43,8 @@ Stages (pick with ``--stages``):
 - ``matrix`` (×2): Fig. 1's performance matrix — single networks each trained on one kernel,
   evaluated on every representative kernel: ``x2_matrix.json``.
 
-``--data`` takes a folder of images, a bundled name (``bundled-train``) or an ``.npz`` of Y
+``--data`` takes a folder of images, a bundled name (``bundled-train``; ``bundled`` means the
+same, as for ``python -m tutorial_lib train``) or an ``.npz`` of Y
 images; ``--pack-data FILE.npz`` writes such a file from ``--data`` and exits. It stores each
 Y as 16 bits (``round(Y * 255 * 256)``, at most 7.7e-6 from the float Y in [0, 1]): T91's
 91 images take 10 MB instead of 16 MB of PNG, for copying to a machine with a size limit.
