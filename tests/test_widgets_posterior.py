@@ -42,7 +42,7 @@ def test_builder_errors(setup):
     with pytest.raises(ValueError, match="at least one"):
         posterior_explorer(model, {}, draw=False)
     small = {**images, "tiny": np.full((30, 40), 0.5)}  # every image the dropdown offers is checked
-    with pytest.raises(ValueError, match=r"images\['tiny'\] of size 30x40 is too small at scale 2"):
+    with pytest.raises(ValueError, match=r"images\['tiny'\] of size 30x40 is too small for a 11x11 kernel at scale 2"):
         posterior_explorer(model, small, draw=False)
 
 

@@ -344,18 +344,22 @@ def shuffled_baseline(measure: Callable[[np.ndarray], float], labels: np.ndarray
 
 
 # ------------------------------------------------------------------------- posterior explorer
-def check_explorer_image(hr: np.ndarray, scale: int, kernel_side: int, name: str = "hr") -> np.ndarray:
+def check_explorer_image(hr: np.ndarray, scale: int, kernel_side: int, name: str = "hr",
+                         min_lr_side: int = 16) -> np.ndarray:
     """``hr`` (float (H, W) in [0, 1]) modcropped to ``scale``, or a ``ValueError`` naming
-    ``name`` when it is too small for the kernel, E-Net's four stride-2 stages (16 LR px)
-    and SSIM's 7x7 window after shaving."""
+    ``name`` when it is too small for the kernel, for SSIM's 7x7 window after shaving
+    ``scale`` pixels, or for an LR side of ``min_lr_side`` (E-Net's four stride-2 stages: 16;
+    the kernel explorer, which runs no network: 0)."""
     hr = np.asarray(hr)
-    if hr.ndim != 2 or not np.issubdtype(hr.dtype, np.floating):
-        raise ValueError(f"{name} must be a float (H, W) image in [0, 1], got {hr.dtype} {hr.shape}")
+    if hr.ndim != 2:
+        raise ValueError(f"{name} must be a single-channel image (H, W), got shape {hr.shape}")
+    if not np.issubdtype(hr.dtype, np.floating):
+        raise ValueError(f"{name} must be float in [0, 1], got dtype {hr.dtype}")
     cropped = modcrop(hr.astype(np.float64), scale)
-    need = max(kernel_side, 2 * scale + 7, 16 * scale)
+    need = max(kernel_side, 2 * scale + 7, min_lr_side * scale)
     if min(cropped.shape) < need:
-        raise ValueError(f"{name} of size {hr.shape[0]}x{hr.shape[1]} is too small at scale {scale}: "
-                         f"it needs {need} px per side")
+        raise ValueError(f"{name} of size {hr.shape[0]}x{hr.shape[1]} is too small for a {kernel_side}x{kernel_side} "
+                         f"kernel at scale {scale}: it needs {need} px per side after cropping to a multiple of {scale}")
     return cropped
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels as kernel_lib
-from .degradations import SCALES, bicubic_upsample, degrade, modcrop
+from .degradations import SCALES, bicubic_upsample, degrade
 from .metrics import psnr_y, ssim_y
 
 
@@ -85,19 +85,10 @@ def kernel_explorer_state(hr: np.ndarray, lambda1: float, lambda2: float, theta:
 
 
 def _cropped_hr(hr: np.ndarray, scale: int, kernel_size: int) -> np.ndarray:
-    """``hr`` modcropped to ``scale``, or a clear error: not a float (H, W) image, or too small
-    for the kernel and for SSIM's 7x7 window once ``scale`` pixels are shaved off each side."""
-    hr = np.asarray(hr)
-    if hr.ndim != 2:
-        raise ValueError(f"hr must be a single-channel image (H, W), got shape {hr.shape}")
-    if not np.issubdtype(hr.dtype, np.floating):
-        raise ValueError(f"hr must be float in [0, 1], got dtype {hr.dtype}")
-    cropped = modcrop(hr.astype(np.float64, copy=False), scale)
-    need = max(kernel_size, 2 * scale + 7)
-    if min(cropped.shape) < need:
-        raise ValueError(f"hr of size {hr.shape[0]}x{hr.shape[1]} is too small for a {kernel_size}x{kernel_size} "
-                         f"kernel at scale {scale}: it needs {need} px per side after cropping to a multiple of {scale}")
-    return cropped
+    """``hr`` modcropped to ``scale``, checked as the posterior explorer checks its images
+    (:func:`tutorial_lib.posterior.check_explorer_image`), without E-Net's minimum size."""
+    from .posterior import check_explorer_image
+    return check_explorer_image(hr, scale, kernel_size, min_lr_side=0)
 
 
 class _Explorer:
