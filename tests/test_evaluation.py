@@ -206,6 +206,31 @@ def test_cli_train_the_readme_job_on_a_tiny_folder(tmp_path, capsys):
     assert "--resume continues one model" in capsys.readouterr().err
 
 
+def test_cli_train_an_encoder_evaluates_it_as_train_all_does(tmp_path, capsys, monkeypatch):
+    """``--variant encoder`` measures whole-image accuracy on the budget's centre crops, as the
+    sidecars of ``train_all`` do, so one encoder gets one number whichever way it was trained."""
+    from PIL import Image
+
+    from tutorial_lib import training
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    Image.fromarray((bundled_images("test")["camera"][:120, :130] * 255).round().astype(np.uint8)).save(folder / "a.png")
+    crops = []
+    measure = training.encoder_metrics
+
+    def recording(*args, **kwargs):
+        crops.append(kwargs.get("max_side"))
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(training, "encoder_metrics", recording)
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--data", "bundled", "--variant", "encoder",
+                     "--out", str(tmp_path / "run"), "--evaluate-on", str(folder), "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert crops == [training.get_training_budget("smoke").eval_max_side] and crops[0] is not None
+    assert set(summary["metrics"][str(folder)]) == {"top1", "top3", "top1_distinct"}
+
+
 def test_cli_train_that_fails_before_saving_leaves_no_new_folder(tmp_path, capsys):
     """A run refused after its --out folder was made (a checkpoint of another kind to resume, an
     interrupt) removes the folders it created while they are empty; a folder that was there stays."""
