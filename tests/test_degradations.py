@@ -77,6 +77,22 @@ def test_batched_degradation_uses_one_kernel_per_image(scale, photo):
                                    atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [2, 3])
+def test_torch_degradation_of_a_batch_equals_numpy_per_image(scale, photo):
+    # (B, 1, H, W) with one anisotropic kernel per image, odd sides (modcropped), and one kernel for all
+    images = np.stack([photo[:47, :53], photo[20:67, 30:83], photo[40:87, 60:113]])
+    kernels = K.kernel_set("unseen")[[1, 9, 20]]  # anisotropic: a transposed kernel would differ
+    batch = torch.from_numpy(images.copy())[:, None]
+    lr = D.degrade(batch, kernels, scale)
+    shared = D.degrade(batch, kernels[0], scale)
+    for b in range(3):
+        np.testing.assert_allclose(lr[b, 0].numpy(), D.degrade(images[b], kernels[b], scale), atol=1e-12)
+        np.testing.assert_allclose(shared[b, 0].numpy(), D.degrade(images[b], kernels[0], scale), atol=1e-12)
+    noisy = D.degrade(batch, kernels, scale, noise_sigma=0.05, rng=7)
+    expected_noise = 0.05 * torch.randn(lr.shape, generator=torch.Generator().manual_seed(7), dtype=lr.dtype)
+    torch.testing.assert_close(noisy - lr, expected_noise, rtol=0, atol=1e-12)
+
+
 def test_degrade_modcrops_and_adds_noise(photo):
     img = photo[:31, :29]
     kernel = K.kernel_set("seen")[0]

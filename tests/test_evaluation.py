@@ -294,6 +294,40 @@ def test_model_method_leaves_the_tf32_setting_as_it_found_it(tf32):
         torch.backends.cudnn.allow_tf32 = before
 
 
+def test_hard_and_average_outputs_refuse_the_experts_as_named():
+    from tutorial_lib.degradations import bicubic_upsample
+    from tutorial_lib.evaluation import model_method
+    from tutorial_lib.models import BlindSR, ENet, MixtureOfExperts
+    from tutorial_lib.training import evaluate_model
+
+    torch.manual_seed(0)
+    model = BlindSR(ENet(3), MixtureOfExperts(3, 2, channels=4, n_blocks=1)).eval()
+    with torch.no_grad():  # experts that differ clearly, and a posterior far from uniform
+        for conv in model.mixture.reconstruct, model.mixture.head:
+            conv.weight.mul_(20.0)
+        model.enet.fc.weight.mul_(50.0)
+    lr = torch.rand(4, 1, 16, 16)
+    base = bicubic_upsample(lr, 2)
+    with torch.no_grad():
+        out = model(lr, base)
+    q, experts = out["q"], out["experts"]
+    assert (q.max(dim=1).values < 0.999).any() and (q.max(dim=1).values > 0.5).any()
+    hard = experts[torch.arange(4), q.argmax(dim=1)]  # the expert of largest q
+    average = experts.mean(dim=1)
+    results = {name: model_method(model, 2, output=name)(lr) for name in ("fused", "hard", "average")}
+    torch.testing.assert_close(results["fused"].float(), out["fused"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(results["hard"].float(), hard, rtol=0, atol=1e-6)
+    torch.testing.assert_close(results["average"].float(), average, rtol=0, atol=1e-6)
+    assert (results["hard"] - results["fused"]).abs().max() > 1e-3
+    assert (results["average"] - results["fused"]).abs().max() > 1e-3
+    # evaluate_model(output=...) scores those same images
+    images = {"a": bundled_images("test")["camera"][:40, :44]}
+    for name in ("hard", "average"):
+        scored = evaluate_model(model, images, 2, kernels="seen", output=name)["seen"]["psnr"]
+        expected = evaluate(images, 2, "seen", model_method(model, 2, output=name)).psnr
+        assert scored == pytest.approx(expected, abs=6e-5)  # evaluate_model rounds to 4 digits
+
+
 def test_cli_evaluate_a_mixture_with_q_from_tiles(tmp_path, capsys):
     from PIL import Image
 
@@ -305,12 +339,23 @@ def test_cli_evaluate_a_mixture_with_q_from_tiles(tmp_path, capsys):
     images.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(images / "noise.png")
-    save_checkpoint(BlindSR(ENet(2), MixtureOfExperts(2, 2, channels=4, n_blocks=1)), tmp_path / "mix.pt")
+    mixture = BlindSR(ENet(2), MixtureOfExperts(2, 2, channels=4, n_blocks=1))
+    with torch.no_grad():  # experts that differ and a posterior that moves from tile to tile
+        mixture.mixture.reconstruct.weight.mul_(20.0)
+        mixture.enet.fc.weight.mul_(50.0)
+    save_checkpoint(mixture, tmp_path / "mix.pt")
     save_checkpoint(Expert(2, channels=4, n_blocks=1), tmp_path / "single.pt")
     common = ["evaluate", "--images", str(images), "--scale", "2", "--kernels", "unseen_clean", "--json"]
     assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--posterior-tile", "8"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"].endswith("q from 8x8 tiles") and out["n_kernels"] == 26
+    from tutorial_lib.checkpoints import load_checkpoint
+    from tutorial_lib.evaluation import model_method
+    model = load_checkpoint(tmp_path / "mix.pt")[0]
+    whole = evaluate(load_folder(images), 2, "unseen_clean", model_method(model, 2)).psnr
+    model.posterior_tile = 8  # the tiles' q, evaluated here directly: the same numbers (the JSON rounds to 4 digits)
+    tiles = evaluate(load_folder(images), 2, "unseen_clean", model_method(model, 2)).psnr
+    assert out["psnr"] == pytest.approx(tiles, abs=6e-5) and abs(tiles - whole) > 1e-3
     assert cli.main([*common, "--model", str(tmp_path / "single.pt"), "--posterior-tile", "8"]) == 2
     assert cli.main([*common, "--posterior-tile", "8"]) == 2  # bicubic
     assert cli.main([*common, "--model", str(tmp_path / "mix.pt"), "--posterior-tile", "3"]) == 2
