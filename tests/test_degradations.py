@@ -171,6 +171,16 @@ def test_patch_sampler_is_deterministic_with_a_seed(photo):
     assert torch.equal(a["lr"], b["lr"]) and torch.equal(a["kernel_index"], b["kernel_index"])
 
 
+def test_patch_sampler_noise_is_sigma_times_its_generators_normal_draws(photo):
+    clean = D.PatchSampler([photo], K.kernel_set("seen"), 2, lr_patch=8, seed=3)
+    noisy = D.PatchSampler([photo], K.kernel_set("seen"), 2, lr_patch=8, seed=3, noise_sigma=0.05)
+    a, b = clean.sample(16), noisy.sample(16)
+    assert torch.equal(a["hr"], b["hr"])  # the same pairs: the noise is drawn after everything else
+    after = torch.Generator().set_state(clean.generator.get_state())
+    torch.testing.assert_close(b["lr"] - a["lr"], 0.05 * torch.randn(a["lr"].shape, generator=after, dtype=a["lr"].dtype),
+                               rtol=0, atol=1e-6)
+
+
 def test_one_pixel_slip_is_detectable(photo):
     """A crop off by one HR pixel is not the degradation of its HR target (what the exact
     test above guards against)."""

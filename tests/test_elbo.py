@@ -167,6 +167,17 @@ def test_toy_training_is_deterministic_and_loss_decreases(toy_data: E.ToyData) -
     assert loss[-10:].mean() < 0.7 * loss[:10].mean()
     pre = np.array(runs[0].history["pretrain_loss"])
     assert pre[-5:].mean() < pre[:5].mean()
+    # the trained toy's prediction is Eq. (10), the q-weighted mean of its experts, and its error
+    # matrix is each expert's mean squared error per hidden kernel
+    result, sample = runs[0], E.make_toy_data(12, 3, seed=2)
+    with torch.no_grad():
+        q, experts = result.q(sample.l), result.experts(sample.l)
+        torch.testing.assert_close(result.predict(sample.l), (q[:, :, None] * experts).sum(1))
+        errors = E.expert_error_matrix(result.experts, sample)
+        for k in range(3):
+            rows = sample.kernel_id == k
+            expected = ((experts[rows] - sample.h[rows][:, None]) ** 2).mean(dim=(0, 2)).double().numpy()
+            np.testing.assert_allclose(errors[k], expected, rtol=1e-6)
 
 
 def test_toy_settings_are_checked_by_name(toy_data: E.ToyData) -> None:

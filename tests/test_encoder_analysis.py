@@ -74,10 +74,18 @@ def test_patch_probabilities_are_distributions_and_restore_mode():
     torch.manual_seed(0)
     model = EncoderWithClassifier(ENet(4), KernelClassifier(4, 29))
     model.train()
-    probs = A.patch_probabilities(model, torch.rand(2, 1, 40, 40), 16)
+    lr = torch.rand(2, 1, 40, 40)
+    probs = A.patch_probabilities(model, lr, 16)
     assert probs.shape == (2, 4, 29)
     assert torch.allclose(probs.sum(dim=2), torch.ones(2, 4), atol=1e-5)
     assert model.training
+    # each tile on its own through the model in eval mode (BatchNorm's running averages, no dropout)
+    model.eval()
+    with torch.no_grad():
+        for b in range(2):
+            for t, (row, col) in enumerate([(0, 0), (0, 16), (16, 0), (16, 16)]):
+                tile = lr[b:b + 1, :, row:row + 16, col:col + 16]
+                torch.testing.assert_close(probs[b, t], torch.softmax(model(tile), dim=1)[0], rtol=0, atol=1e-6)
 
 
 def test_posterior_per_kernel_shape_and_rows():
@@ -91,6 +99,15 @@ def test_posterior_per_kernel_shape_and_rows():
     # an encoder with its classifier, or a mixture: q over E-Net's M states, not the K classes
     classifier = EncoderWithClassifier(enet, KernelClassifier(3, 29))
     np.testing.assert_array_equal(A.posterior_per_kernel(classifier, images, 2, K.kernel_set("seen")[:5]), q)
+    # entry (i, k): E-Net's softmax on image i degraded (Eq. 1) by kernel k
+    from tutorial_lib.degradations import degrade, modcrop
+    enet.eval()
+    for i, hr in enumerate(images.values()):
+        for k, kernel in enumerate(K.kernel_set("seen")[:5]):
+            lr = torch.from_numpy(degrade(modcrop(hr, 2), kernel, 2)).float()[None, None]
+            with torch.no_grad():
+                expected = torch.softmax(enet(lr), dim=1)[0].double().numpy()
+            np.testing.assert_allclose(q[i, k], expected, atol=1e-6)
 
 
 def test_kernel_information_bounds():

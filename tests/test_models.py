@@ -55,6 +55,9 @@ def test_enet_dropout_only_in_training_mode():
     assert torch.equal(enet(lr), enet(lr))
     enet.train()
     assert enet(lr).shape == (4, 4)
+    assert not torch.equal(enet(lr), enet(lr))  # a new dropout mask per pass
+    plain = ENet(M=4, dropout=0.0).train()
+    assert torch.equal(plain(lr), plain(lr))  # training-mode BatchNorm alone is deterministic
 
 
 def test_architectures_are_checked_by_name():
