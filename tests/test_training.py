@@ -402,6 +402,38 @@ def test_encoder_accuracy_on_whole_images(encoder, test_images):
     np.testing.assert_array_equal(of_mixture["confusion"], state["confusion"])
 
 
+def test_encoder_accuracy_of_an_enet_scores_the_majority_state_of_each_kernel():
+    """For a bare E-Net the label of a kernel is the state most of its images fall into (ties: the
+    lowest state); top-1 counts the cases in it. An E-Net with known outputs gives known numbers."""
+    from collections import Counter
+
+    n_kernels, m = 29, 4
+    states = np.array([[k % m for k in range(n_kernels)],
+                       [(k + 1) % m if k < 5 else k % m for k in range(n_kernels)],
+                       [0] * n_kernels])  # (3 images, 29 kernels)
+
+    class KnownStates(ENet):
+        calls = 0
+
+        def forward(self, lr):
+            scores = torch.zeros(lr.shape[0], m)
+            scores[torch.arange(lr.shape[0]), torch.from_numpy(states[KnownStates.calls])] = 1.0
+            KnownStates.calls += 1
+            return scores
+
+    images = [np.full((40, 40), v) for v in (0.2, 0.5, 0.8)]
+    result = encoder_accuracy(KnownStates(m), images, SCALE)
+    majority = [min(s for s, c in Counter(states[:, k]).items() if c == max(Counter(states[:, k]).values()))
+                for k in range(n_kernels)]
+    assert result["kind"] == "state"
+    assert result["top1"] == pytest.approx((states == np.array(majority)[None]).mean())
+    expected = np.zeros((n_kernels, m), dtype=np.int64)
+    for image in states:
+        for k, state in enumerate(image):
+            expected[k, state] += 1
+    np.testing.assert_array_equal(result["confusion"], expected)
+
+
 def test_encoder_accuracy_counts_twins_as_right():
     """A classifier that always answers the twin of a duplicate kernel scores top1 = 0 but
     top1_distinct = 1 on those kernels."""

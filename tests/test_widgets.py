@@ -126,11 +126,16 @@ def test_widget_builds_headless_and_follows_its_sliders(hr):
     np.testing.assert_array_equal(explorer.state["lr"], again["lr"])
 
 
-def test_widget_draws_its_figure_into_the_output(hr):
+def test_widget_draws_its_figure_into_the_output(hr, monkeypatch):
+    import IPython.display
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, *args, **kwargs: shown.append(obj))
     explorer = kernel_explorer(hr[:40, :40], scale=4)
     explorer.controls["theta"].value = 0.0
+    assert len(shown) == 2 and all(isinstance(fig, Figure) for fig in shown)  # one figure per update
     assert explorer.state["scale"] == 4
     assert plt.get_fignums() == []  # every figure drawn into the output is closed again
     assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()
