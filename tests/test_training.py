@@ -14,7 +14,13 @@ import torch
 
 from tutorial_lib import training
 from tutorial_lib.data import bundled_images
-from tutorial_lib.models import BlindSR, EncoderWithClassifier, ENet, Expert, MixtureOfExperts
+from tutorial_lib.models import (
+    BlindSR,
+    EncoderWithClassifier,
+    ENet,
+    Expert,
+    MixtureOfExperts,
+)
 from tutorial_lib.training import (
     BUDGETS,
     Budget,
