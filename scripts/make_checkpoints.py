@@ -79,6 +79,7 @@ from tutorial_lib.checkpoints import (
     check_output_folder,
     load_checkpoint,
     read_sidecar,
+    rewrite_sidecar,
     sidecar_path,
 )
 from tutorial_lib.data import DataError, find_local_benchmark, load_folder, load_images
@@ -495,13 +496,12 @@ def _psnr_on(model, images, kernel) -> float:
 def _set_training_data(path: Path, label: str, note: str | None = None) -> None:
     """Record the training set's name (the image names are there already) and the run's
     note, if any, in the sidecar."""
-    side = sidecar_path(path)
-    sidecar = json.loads(side.read_text(encoding="utf-8"))
-    sidecar.setdefault("training_data", {})["source"] = label
-    if note:
-        sidecar["note"] = note
-    text = json.dumps(sidecar, indent=2) + "\n"
-    _atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    def edit(sidecar: dict) -> None:
+        sidecar.setdefault("training_data", {})["source"] = label
+        if note:
+            sidecar["note"] = note
+
+    rewrite_sidecar(path, edit)
 
 
 def run(argv: list[str] | None = None) -> int:

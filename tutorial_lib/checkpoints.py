@@ -42,7 +42,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ __all__ = [
     "load_optimizer_state",
     "optimizer_state_path",
     "read_sidecar",
+    "rewrite_sidecar",
     "save_checkpoint",
     "save_optimizer_state",
     "sidecar_path",
@@ -363,6 +364,19 @@ def save_checkpoint(
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
         raise
+    return sidecar
+
+
+def rewrite_sidecar(path: str | os.PathLike, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Apply ``edit`` (which changes the dict in place) to the sidecar of checkpoint ``path`` and
+    write it back atomically, as :func:`save_checkpoint` writes it; the weights are untouched
+    (so their sha256 still holds). Returns the new sidecar."""
+    side = sidecar_path(path)
+    sidecar = json.loads(side.read_text(encoding="utf-8"))
+    edit(sidecar)
+    sidecar = _json_ready(sidecar)
+    text = json.dumps(sidecar, indent=2, allow_nan=False) + "\n"
+    _atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return sidecar
 
 

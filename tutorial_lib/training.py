@@ -1369,15 +1369,9 @@ def save_trained(model: nn.Module, path: Path, kind: str, history: TrainingHisto
 
 def update_sidecar_metrics(path: Path, metrics: Mapping[str, Any]) -> None:
     """Rewrite a checkpoint's sidecar with ``metrics`` added (the weights are untouched)."""
-    import json
+    from .checkpoints import rewrite_sidecar
 
-    from .checkpoints import _atomic_write, _json_ready, sidecar_path
-
-    side = sidecar_path(path)
-    sidecar = json.loads(side.read_text(encoding="utf-8"))
-    sidecar.setdefault("metrics", {}).update(_json_ready(dict(metrics)))
-    text = json.dumps(sidecar, indent=2) + "\n"
-    _atomic_write(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    rewrite_sidecar(path, lambda sidecar: sidecar.setdefault("metrics", {}).update(metrics))
 
 
 def encoder_metrics(encoder: nn.Module, images: Mapping[str, np.ndarray], scale: int,
@@ -1541,7 +1535,7 @@ def train_from_cli(
                 kwargs = {"mixture": {}, "average": {"variant": "average"}, "uniform": {"prior": "uniform"},
                           "hard": {"variant": "hard"}}[variant]
                 beside = Path(resume).with_name(f"x{scale}_encoder.pt") if resume else None
-                if beside is not None and beside.is_file() and variant in ("mixture", "hard"):
+                if beside is not None and beside.is_file() and variant == "mixture":
                     # the prior a resumed mixture was trained with, when train_all saved it beside the mixture
                     kwargs["encoder"] = load_checkpoint(beside, expected_kind="encoder", scale=scale)[0]
                 model, history = train_mixture(images, scale, budget_obj, M=M, seed=seed, device=device, progress=show,
