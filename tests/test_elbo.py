@@ -1,4 +1,4 @@
-"""Tests of tutorial_lib.elbo: the bound, its gap, the MAP prediction and the toy mixture."""
+"""Tests of tutorial_lib.elbo: the bound, its gap, the prediction of Eq. (10) and the toy mixture."""
 
 from __future__ import annotations
 
@@ -99,11 +99,11 @@ def test_negative_elbo_times_alpha_is_eq8_plus_a_constant() -> None:
         np.testing.assert_allclose(-alpha * E.elbo(q, log_prior, log_lik), eq8 + constant, atol=1e-10)
 
 
-def test_map_prediction_minimises_expected_squared_error() -> None:
+def test_mean_prediction_minimises_expected_squared_error() -> None:
     rng = np.random.default_rng(3)
     q = rng.dirichlet(np.ones(4))
     predictions = rng.standard_normal((4, 10))
-    h_star = E.map_prediction(q, predictions)
+    h_star = E.mean_prediction(q, predictions)
     best = E.expected_sq_error(h_star, q, predictions)
     for _ in range(100):
         assert E.expected_sq_error(h_star + 1e-3 * rng.standard_normal(10), q, predictions) > best
@@ -114,6 +114,35 @@ def test_map_prediction_minimises_expected_squared_error() -> None:
         (grad,) = torch.autograd.grad(E.expected_sq_error(h_hat, q_t, f_t), h_hat)
         h_hat = (h_hat - 0.1 * grad).detach().requires_grad_(True)
     np.testing.assert_allclose(h_hat.detach().numpy(), h_star, atol=1e-10)
+
+
+def test_mean_prediction_is_the_mixture_mean_not_its_mode() -> None:
+    # Experts far apart compared with sigma = sqrt(alpha / 2): the predictive mixture
+    # sum_z q_z N(F_z, alpha/2 I) is most probable near the expert with the largest q_z, and the
+    # bound's maximiser H* (its mean) lies between the experts, where the density is low.
+    rng = np.random.default_rng(5)
+    q = np.array([0.4, 0.3, 0.2, 0.1])
+    predictions = rng.standard_normal((4, 6))
+    alpha = 2 * 0.1**2
+    log_density = lambda h_hat: float(E.log_marginal(np.log(q), E.gibbs_log_lik(h_hat, predictions, alpha)))
+    h_star = E.mean_prediction(q, predictions)
+    assert log_density(predictions[0]) > log_density(h_star) + 10
+    # With experts close together (compared with sigma) the mean is close to the mode.
+    close = predictions[0] + 0.01 * rng.standard_normal((4, 6))
+    log_density_close = lambda h_hat: float(E.log_marginal(np.log(q), E.gibbs_log_lik(h_hat, close, alpha)))
+    assert log_density_close(E.mean_prediction(q, close)) >= log_density_close(close[0])
+
+
+@pytest.mark.parametrize("q", [[0.5, 0.3], [0.7, 0.5], [1.2, -0.2], [np.nan, 1.0]])
+def test_mean_prediction_and_decomposition_need_a_distribution(q) -> None:
+    q = np.array(q)
+    predictions, h = np.ones((2, 3)), np.zeros(3)
+    with pytest.raises(ValueError, match="q must"):
+        E.mean_prediction(q, predictions)
+    with pytest.raises(ValueError, match="q must"):
+        E.loss_decomposition(h, q, predictions)
+    with pytest.raises(ValueError, match="q must"):
+        E.mean_prediction(torch.from_numpy(q), torch.from_numpy(predictions))
 
 
 def test_loss_decomposition_identity() -> None:
@@ -212,6 +241,11 @@ def test_specialisation_scores_extremes() -> None:
     kernel_id = torch.arange(300) % 3
     uniform = torch.full((300, 3), 1 / 3)
     hard = torch.nn.functional.one_hot(kernel_id, 3).float()
-    assert E.specialisation_scores(uniform, kernel_id, 3) == pytest.approx({"mutual_information_bits": 0.0, "mean_max_q": 1 / 3})
+    assert E.specialisation_scores(uniform, kernel_id, 3) == pytest.approx(
+        {"mutual_information_bits": 0.0, "mean_max_q": 1 / 3, "largest_mean_q": 1 / 3})
     assert E.specialisation_scores(hard, kernel_id, 3)["mutual_information_bits"] == pytest.approx(math.log2(3))
     np.testing.assert_allclose(E.mean_q_per_kernel(hard, kernel_id, 3), np.eye(3))
+    assert E.specialisation_scores(hard, kernel_id, 3)["largest_mean_q"] == pytest.approx(1 / 3)
+    collapsed = torch.nn.functional.one_hot(torch.zeros(300, dtype=torch.long), 3).float()  # one expert takes all
+    assert E.specialisation_scores(collapsed, kernel_id, 3) == pytest.approx(
+        {"mutual_information_bits": 0.0, "mean_max_q": 1.0, "largest_mean_q": 1.0})

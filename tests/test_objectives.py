@@ -139,7 +139,7 @@ def test_elbo_prior_receives_no_gradient():
 def test_decomposition_identity_float64():
     experts, hr, q = _problem(b=5, m=4)
     expected, of_expectation, spread = expected_loss_decomposition(experts, hr, q)
-    assert torch.allclose(expected, of_expectation + spread, atol=1e-6, rtol=0)
+    assert torch.allclose(expected, of_expectation + spread, atol=0, rtol=1e-12)
     assert (spread >= 0).all()
     assert torch.allclose(of_expectation.mean(), loss_of_expectation(experts, hr, q))
     assert torch.allclose(expected.mean(), elbo_loss(experts, hr, q, q)["recon"])
@@ -147,6 +147,13 @@ def test_decomposition_identity_float64():
     onehot = F.one_hot(torch.tensor([0, 1, 2, 3, 0]), 4).to(torch.float64)
     e, o, s = expected_loss_decomposition(experts, hr, onehot)
     assert torch.allclose(e, o) and torch.allclose(s, torch.zeros(5, dtype=torch.float64))
+
+
+def test_decomposition_needs_q_to_sum_to_one():
+    experts, hr, q = _problem(b=5, m=4)
+    for bad in (2 * q, q - 0.01, torch.cat([q[:, :1] + 0.5, q[:, 1:] - 0.5 / 3], dim=1)):
+        with pytest.raises(ValueError, match="q must hold non-negative weights summing to 1"):
+            expected_loss_decomposition(experts, hr, bad)
 
 
 def test_average_ensemble_and_loss_of_expectation():

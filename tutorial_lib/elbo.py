@@ -25,7 +25,7 @@ This module, read top to bottom:
 2. the Gibbs likelihood of Eq. (7), :func:`gibbs_log_lik`, and how its scale ``alpha``, the
    paper's weight ``lambda`` and a noise variance relate (:func:`alpha_from_lambda`,
    :func:`noise_variance_from_alpha`, :func:`lambda_from_noise_variance`);
-3. inference, Eqs. (9)-(10): :func:`map_prediction`, :func:`expected_sq_error` and the
+3. inference, Eqs. (9)-(10): :func:`mean_prediction`, :func:`expected_sq_error` and the
    decomposition :func:`loss_decomposition` (these three accept NumPy arrays or torch tensors);
 4. the training objective of Eq. (12) in torch, :func:`mixture_objective`;
 5. a 1-D toy mixture of experts that trains in seconds on a CPU: :func:`make_toy_data`,
@@ -202,16 +202,36 @@ def lambda_from_noise_variance(
 # --------------------------------------------------------------------------------------------
 
 
-def map_prediction(q: Array, predictions: Array) -> Array:
+def _check_weights(q: Array, name: str = "q") -> None:
+    """``q`` must be a distribution over the last axis: non-negative, summing to 1."""
+    values = q.detach().double().cpu().numpy() if isinstance(q, torch.Tensor) else np.asarray(q, dtype=np.float64)
+    if values.ndim == 0 or values.size == 0:
+        raise ValueError(f"{name} must have shape (..., M) with M >= 1, got {tuple(values.shape)}")
+    if not np.all(np.isfinite(values)) or values.min() < 0:
+        raise ValueError(f"{name} must hold finite, non-negative weights")
+    worst = float(np.abs(values.sum(-1) - 1).max())
+    if worst > 1e-4:
+        raise ValueError(f"{name} must sum to 1 over its last axis (a distribution over the M experts); "
+                         f"a row is off by {worst:.3g}")
+
+
+def mean_prediction(q: Array, predictions: Array) -> Array:
     """The closed-form minimiser of Eq. (9): ``H* = sum_z q_z F_z`` (Eq. 10).
 
+    This is the prediction that maximises the bound over ``H_hat`` at fixed ``q``: the *mean*
+    of the predictive mixture ``sum_z q_z N(F_z, alpha/2 I)``, the best estimate under squared
+    error (and so for PSNR). It is not the mixture's *mode* (a MAP estimate): when the experts
+    lie far apart compared with ``sigma = sqrt(alpha/2)``, the most probable ``H_hat`` sits near
+    the expert with the largest ``q_z`` instead.
+
     Args:
-        q: ``(..., M)`` weights (the encoder's ``q(z | L)``).
+        q: ``(..., M)`` weights (the encoder's ``q(z | L)``), summing to 1 over the last axis.
         predictions: ``(..., M, N)`` the experts' predictions.
 
     Returns:
         ``(..., N)`` the q-weighted mean prediction.
     """
+    _check_weights(q)
     return (q[..., None] * predictions).sum(-2)
 
 
@@ -240,10 +260,10 @@ def loss_decomposition(h: Array, q: Array, predictions: Array) -> tuple[Array, A
     Returns:
         ``(expected_loss, loss_of_mean, spread)``, each of shape ``(...)``.
     """
-    mean_prediction = map_prediction(q, predictions)
+    f_bar = mean_prediction(q, predictions)  # checks that q sums to 1, which the identity needs
     expected_loss = expected_sq_error(h, q, predictions)
-    loss_of_mean = ((h - mean_prediction) ** 2).sum(-1)
-    spread = expected_sq_error(mean_prediction, q, predictions)
+    loss_of_mean = ((h - f_bar) ** 2).sum(-1)
+    spread = expected_sq_error(f_bar, q, predictions)
     return expected_loss, loss_of_mean, spread
 
 
@@ -263,7 +283,9 @@ def mixture_objective(
     """Eq. (12) for a batch: ``E_q[mse(H, F_z)] + lam * KL(q || prior)``, averaged over the batch.
 
     The squared error is *averaged* over the N values (``mse``), so ``lam`` here corresponds to
-    ``alpha = N * lam`` in Eq. (7) (see :func:`alpha_from_lambda`).
+    ``alpha = N * lam`` in Eq. (7) (see :func:`alpha_from_lambda`). The image version,
+    :func:`tutorial_lib.objectives.elbo_loss`, *sums* over pixels by default (``lam = alpha``):
+    the same ``lam`` means an ``N`` times weaker KL there, so a value does not carry over.
 
     Args:
         log_q: ``(B, M)`` log-probabilities of the encoder (``log_softmax`` of its scores).
@@ -289,7 +311,7 @@ def mixture_objective(
     if reconstruction == "expected":
         recon = (q * ((predictions - target[:, None, :]) ** 2).mean(-1)).sum(-1).mean()
     elif reconstruction == "of_mean":
-        recon = ((map_prediction(q, predictions) - target) ** 2).mean(-1).mean()
+        recon = ((mean_prediction(q, predictions) - target) ** 2).mean(-1).mean()
     else:
         raise ValueError(f"reconstruction must be 'expected' or 'of_mean', got {reconstruction!r}")
     kl_term = (q * (log_q - log_prior.detach())).sum(-1).mean()
@@ -552,8 +574,8 @@ class ToyMixtureResult:
 
     @torch.no_grad()
     def predict(self, l: torch.Tensor) -> torch.Tensor:
-        """The MAP prediction of Eq. (10), ``sum_z q_z F_z(l)``, ``(B, n_out)``."""
-        return map_prediction(self.q(l), self.experts(l))
+        """The prediction of Eq. (10), ``sum_z q_z F_z(l)``, ``(B, n_out)`` (:func:`mean_prediction`)."""
+        return mean_prediction(self.q(l), self.experts(l))
 
 
 def train_toy_mixture(
@@ -638,6 +660,8 @@ def specialisation_scores(q: torch.Tensor, kernel_id: torch.Tensor, n_kernels: i
         ``log2(min(K, M))`` (hard choices, one expert per kernel).
         ``mean_max_q``: the average of ``max_z q_z`` (``1/M`` for uniform weights, 1 for hard
         choices).
+        ``largest_mean_q``: ``max_z`` of the average ``q_z``, the share of the busiest expert
+        (``1/M`` when all are used equally, 1 when one expert takes every input).
     """
     q = torch.as_tensor(q, dtype=torch.float64)
     one_hot = F.one_hot(torch.as_tensor(kernel_id), n_kernels).double()
@@ -645,7 +669,8 @@ def specialisation_scores(q: torch.Tensor, kernel_id: torch.Tensor, n_kernels: i
     outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         mi = np.where(joint > 0, joint * np.log2(joint / outer), 0.0).sum()
-    return {"mutual_information_bits": float(max(mi, 0.0)), "mean_max_q": float(q.max(-1).values.mean())}
+    return {"mutual_information_bits": float(max(mi, 0.0)), "mean_max_q": float(q.max(-1).values.mean()),
+            "largest_mean_q": float(q.mean(0).max())}
 
 
 @torch.no_grad()
