@@ -352,3 +352,15 @@ def test_checkpoint_dir_is_the_shipped_folder_unless_the_variable_names_another(
     monkeypatch.setenv(checkpoints.CHECKPOINT_DIR_VARIABLE, str(tmp_path / "missing"))
     with pytest.raises(CheckpointError, match="TUTORIAL_CHECKPOINT_DIR.*is not a folder"):
         checkpoints.checkpoint_dir()
+
+
+def test_sidecars_record_the_images_a_run_used(tmp_path, tiny_images):
+    """An image smaller than one HR patch is left out of training, with a warning, and every
+    sidecar of ``train_all`` lists the images used and the one left out, by name."""
+    budget = training.with_overrides("smoke", joint_steps=2, pretrain_steps=2)
+    images = {"coffee": tiny_images["coffee"], "crumb": tiny_images["brick"][:20, :20].copy()}  # 20 < 2 * 12
+    with pytest.warns(UserWarning, match="1 of 2 training images are smaller than one HR patch .* not used: crumb"):
+        result = training.train_all(images, 2, budget, tmp_path, progress=False)
+    for kind, path in result["paths"].items():
+        record = json.loads(sidecar_path(path).read_text())["training_data"]
+        assert record["images"] == ["coffee"] and record["images_too_small"] == ["crumb"], kind

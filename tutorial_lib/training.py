@@ -665,26 +665,35 @@ def _kernel_array(kernels: str | np.ndarray) -> tuple[np.ndarray, str]:
     return array, "custom"
 
 
-def _sampler(images: list[np.ndarray], kernels: np.ndarray, scale: int, lr_patch: int, device: torch.device,
-             seed: int) -> PatchSampler:
-    """The patch sampler of a stage: on the GPU when training there, else on the CPU.
+def _sampler(images: list[np.ndarray], names: list[str], kernels: np.ndarray, scale: int, lr_patch: int,
+             device: torch.device, seed: int) -> tuple[PatchSampler, list[str]]:
+    """The patch sampler of a stage (on the GPU when training there, else on the CPU), and the
+    names of the images it samples from.
 
     Images smaller than one HR patch (``scale * lr_patch``, e.g. the smallest T91 images
-    at x4) cannot hold a training pair and are left out with a warning.
+    at x4) cannot hold a training pair and are left out with a warning; the names returned
+    (which the checkpoint records) are those of the images used.
     """
     side = scale * lr_patch
-    usable = [img for img in images if min(img.shape[:2]) >= side]
-    if not usable:
+    keep = [i for i, img in enumerate(images) if min(img.shape[:2]) >= side]
+    if not keep:
         raise ValueError(f"no training image is at least {side}x{side} pixels (one HR patch at "
                          f"x{scale} with {lr_patch}x{lr_patch} LR patches)")
-    if len(usable) < len(images):
-        warnings.warn(f"{len(images) - len(usable)} of {len(images)} training images are smaller "
-                      f"than one HR patch ({side}x{side}) and are not used", stacklevel=3)
-    return PatchSampler(usable, kernels, scale, lr_patch=lr_patch, device=device, seed=seed)
+    if len(keep) < len(images):
+        left_out = [names[i] for i in range(len(images)) if i not in set(keep)]
+        warnings.warn(f"{len(left_out)} of {len(images)} training images are smaller than one HR patch "
+                      f"({side}x{side}) and are not used: {', '.join(left_out[:5])}"
+                      f"{', ...' if len(left_out) > 5 else ''}", stacklevel=3)
+    sampler = PatchSampler([images[i] for i in keep], kernels, scale, lr_patch=lr_patch, device=device, seed=seed)
+    return sampler, [names[i] for i in keep]
 
 
-def _data_record(names: list[str], kernel_name: str, kernel_array: np.ndarray) -> dict[str, Any]:
-    return {"training_images": names, "kernels": kernel_name, "n_kernels": len(kernel_array)}
+def _data_record(names: list[str], used: list[str], kernel_name: str, kernel_array: np.ndarray) -> dict[str, Any]:
+    """What a stage trained on: the images used (and those too small to hold one patch)."""
+    record: dict[str, Any] = {"training_images": used, "kernels": kernel_name, "n_kernels": len(kernel_array)}
+    if len(used) < len(names):
+        record["images_too_small"] = [n for n in names if n not in set(used)]
+    return record
 
 
 def pretrain_encoder(
@@ -739,7 +748,7 @@ def pretrain_encoder(
         start_step = int(sidecar.get("steps", 0))
     model, runner = _prepare(model, device, budget.compile if compile is None else compile)
     model.train()
-    sampler = _sampler(arrays, kernel_array, scale, budget.enet_patch, device, seed)
+    sampler, used = _sampler(arrays, names, kernel_array, scale, budget.enet_patch, device, seed)
     optimizer = _make_optimizer([(list(model.parameters()), budget.pretrain_lr)], "sgd",
                                 budget.pretrain_momentum, budget.pretrain_weight_decay)
     _restore_optimizers([optimizer], resume_from)
@@ -762,7 +771,7 @@ def pretrain_encoder(
                           seconds=budget.pretrain_seconds, budget=budget, schedule=budget.schedule,
                           patches_per_step=budget.pretrain_batch, log_every=log_every or budget.log_every,
                           desc="pre-train E-Net", progress=progress, start_step=start_step, device=device)
-    history.meta.update(stage="pretrain", M=M, scale=scale, seed=seed, **_data_record(names, kernel_name, kernel_array))
+    history.meta.update(stage="pretrain", M=M, scale=scale, seed=seed, **_data_record(names, used, kernel_name, kernel_array))
     return model.eval(), history
 
 
@@ -1037,7 +1046,7 @@ def train_mixture(
     compile_model = budget.compile if compile is None else compile
     model, runner = _prepare(model, device, compile_model)
     model.train()
-    sampler = _sampler(arrays, kernel_array, scale, budget.lr_patch, device, seed + 1)
+    sampler, used = _sampler(arrays, names, kernel_array, scale, budget.lr_patch, device, seed + 1)
     n_pixels = (scale * budget.lr_patch) ** 2
     mixture_params = list(model.mixture.parameters())
     enet_params = list(model.enet.parameters()) if model.enet is not None else []
@@ -1124,7 +1133,7 @@ def train_mixture(
     history.meta.update(stage="mixture", variant=variant, prior=prior if variant != "average" else None, lam=lam,
                         M=M, scale=scale, seed=seed, loss_scale="sum over HR pixels, [0, 1] images",
                         init_experts="random" if init_experts is None else "copies of a given network",
-                        **_data_record(names, kernel_name, kernel_array))
+                        **_data_record(names, used, kernel_name, kernel_array))
     history.pretrain = pretrain_history
     history.pretrained_encoder = encoder if pretrain_history is not None else None
     model.mode = _MODE_OF_VARIANT[variant]
@@ -1165,7 +1174,7 @@ def train_single(
         start_step = int(sidecar.get("steps", 0))
     model, runner = _prepare(model, device, budget.compile if compile is None else compile)
     model.train()
-    sampler = _sampler(arrays, kernel_array, scale, budget.lr_patch, device, seed + 1)
+    sampler, used = _sampler(arrays, names, kernel_array, scale, budget.lr_patch, device, seed + 1)
     n_pixels = (scale * budget.lr_patch) ** 2
     params = list(model.parameters())
     optimizer = _make_optimizer([(params, budget.mixture_lr)], budget.optimizer, budget.momentum)
@@ -1189,7 +1198,7 @@ def train_single(
                           log_every=log_every or budget.log_every, desc="train single network",
                           progress=progress, start_step=start_step, device=device)
     history.meta.update(stage="single", scale=scale, seed=seed, loss_scale="sum over HR pixels, [0, 1] images",
-                        **_data_record(names, kernel_name, kernel_array))
+                        **_data_record(names, used, kernel_name, kernel_array))
     return model.eval(), history
 
 
@@ -1345,7 +1354,8 @@ def _checkpoint_metadata(history: TrainingHistory, budget: Budget, seed: int, ex
         "seed": seed,
         "kernel_split": {"train": meta.get("kernels"), "seen_indices": list(kernel_lib.SEEN_INDICES),
                          "unseen_indices": list(kernel_lib.UNSEEN_INDICES)},
-        "training_data": {"images": meta.get("training_images")},
+        "training_data": {"images": meta.get("training_images"),
+                          **({"images_too_small": meta["images_too_small"]} if meta.get("images_too_small") else {})},
         "metrics": {},
     }
     for key in ("variant", "prior", "lam", "loss_scale"):
@@ -1432,14 +1442,13 @@ def train_all(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays, names = _as_image_list(images)
-    encoder, h_pre = pretrain_encoder(arrays, scale, budget, M=M, seed=seed, device=device, progress=progress)
+    named = dict(zip(names, arrays))  # every stage records the names of the images it used
+    encoder, h_pre = pretrain_encoder(named, scale, budget, M=M, seed=seed, device=device, progress=progress)
     if budget.recalibrate_bn:
         recalibrate_batchnorm(encoder, arrays, scale)
-    mixture, h_mix = train_mixture(arrays, scale, budget, encoder=encoder, M=M, seed=seed, device=device,
+    mixture, h_mix = train_mixture(named, scale, budget, encoder=encoder, M=M, seed=seed, device=device,
                                    progress=progress)
-    single, h_single = train_single(arrays, scale, budget, seed=seed, device=device, progress=progress)
-    for history in (h_pre, h_mix, h_single):
-        history.meta["training_images"] = names
+    single, h_single = train_single(named, scale, budget, seed=seed, device=device, progress=progress)
     paths = {
         "encoder": save_trained(encoder, out_dir / f"x{scale}_encoder.pt", "encoder", h_pre, budget, seed,
                                 config={"scale": scale}),
