@@ -345,7 +345,12 @@ class _FixedBatch:
 @pytest.fixture
 def fixed_batches(monkeypatch):
     real = training._sampler
-    monkeypatch.setattr(training, "_sampler", lambda *args, **kwargs: _FixedBatch(real(*args, **kwargs)))
+
+    def fixed(*args, **kwargs):
+        sampler, used = real(*args, **kwargs)
+        return _FixedBatch(sampler), used
+
+    monkeypatch.setattr(training, "_sampler", fixed)
 
 
 def test_loss_decreases_on_a_fixed_batch(tiny_images, encoder, fixed_batches):

@@ -30,6 +30,10 @@ little from the paper's tables:
 - E-Net: 4 stride-2 convs without bias, each BatchNorm + LeakyReLU(0.1); global average
   pooling; a 1x1 conv (here the equivalent ``nn.Linear``) to ``M`` scores. 389,348
   parameters for ``M = 4``. The paper's dropout (0.5) on the pooled feature is added here.
+- Both networks see ``L - 0.5`` (``input_offset``): images here are in [0, 1], the authors'
+  inputs in [0, 255] (``input_range=255``) without a shift. For E-Net the BatchNorm after its
+  first conv leaves the shift mattering only through the zero padding at the borders; the
+  expert's first conv sees a centred input, so its activations start centred too.
 
 Initialisation (our choice, documented in :class:`Expert`): the authors' plain Kaiming
 initialisation lets the residual stream grow block by block (for this class at x2 on

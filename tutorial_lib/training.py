@@ -39,8 +39,13 @@ a smaller SGD rate would be slower still in a few minutes. Adam is invariant to
 the scale of the loss, so the element-wise clip at 0.6 of the summed-scale gradient equals a
 clip at 0.6/N on the mean scale; it bounds the largest entries (``grad_max`` in the history,
 the largest |entry| before clipping, is about 5–7 at the start of a ``cpu`` run and about 1
-at its end) without setting the step size. ``optimizer='sgd'`` in a :class:`Budget` gives
-the paper's setting.
+at its end) without setting the step size. The paper's joint-training optimiser is
+``with_overrides(budget, optimizer='sgd', mixture_lr=1e-2, schedule='step',
+warmup_fraction=0.0)`` (SGD 1e-2 for the experts and 1e-4 for E-Net, with the budget's momentum 0.9,
+divided by 10 in steps: here at a third and at two thirds of the stage, where the paper waits for the
+validation loss to level off); ``optimizer='sgd'`` alone keeps the budget's learning rate
+(1e-3) and cosine decay. Pre-training is SGD 1e-2 in every budget, with a weight decay of
+1e-4 the paper does not mention.
 
 Why the ``cpu`` budget looks as it does (2 CPU cores, torch 2.13, measured with
 :func:`tutorial_lib.bench.run_benchmark`): the paper-size mixture (M = 4 experts of 64
@@ -951,7 +956,7 @@ def train_mixture(
     ``budget.lam = 0.05``, the paper's value) weighs the KL on that scale; gradients are
     clipped element-wise to ``budget.clip_value`` (0.6, the paper's). The mixture trains with
     ``budget.mixture_lr`` and E-Net with ``budget.enet_lr`` (Adam 1e-3 / 1e-4 in the
-    shipped budgets; the paper's SGD 1e-2 / 1e-4 is ``optimizer='sgd'``), both decayed by the
+    shipped budgets; the paper's SGD 1e-2 / 1e-4 is ``optimizer='sgd', mixture_lr=1e-2``), both decayed by the
     budget's schedule. E-Net keeps dropout 0.5 during training, as the paper.
 
     Args:
