@@ -144,3 +144,19 @@ def test_widget_draws_its_figure_into_the_output(hr, monkeypatch):
 def test_widget_rejects_bad_arguments_before_building(hr):
     with pytest.raises(ValueError, match="scale must be one of"):
         kernel_explorer(hr, scale=8)
+
+
+@pytest.mark.parametrize("kwargs", [{"lambda1": 6.0}, {"lambda2": 0.1}, {"theta": 4.0}, {"theta": -0.3},
+                                    {"noise_sigma": 0.2}])
+def test_a_start_outside_a_sliders_range_is_refused_not_clamped(hr, kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"{name} must lie in its slider's range .*kernel_explorer_state takes"):
+        kernel_explorer(hr, draw=False, **kwargs)
+
+
+def test_the_sliders_limits_are_shown_as_asked():
+    hr = np.random.default_rng(0).uniform(0.2, 0.8, (64, 64))
+    for start in ({"lambda1": 5.0, "lambda2": 0.25, "theta": math.pi, "noise_sigma": 0.05},
+                  {"lambda1": 0.25, "lambda2": 5.0, "theta": 0.0, "noise_sigma": 0.0}):
+        explorer = kernel_explorer(hr, draw=False, **start)
+        assert {name: explorer.controls[name].value for name in start} == pytest.approx(start)

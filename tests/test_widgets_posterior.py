@@ -41,6 +41,10 @@ def test_builder_errors(setup):
         posterior_explorer(model, images, image="c", draw=False)
     with pytest.raises(ValueError, match="at least one"):
         posterior_explorer(model, {}, draw=False)
+    with pytest.raises(ValueError, match=r"lambda1 must lie in its slider's range \[0.25, 6\], got 7"):
+        posterior_explorer(model, images, lambda1=7.0, draw=False)  # was shown as 6 without a word
+    with pytest.raises(ValueError, match=r"theta must lie in its slider's range"):
+        posterior_explorer(model, images, theta=-0.5, draw=False)
     small = {**images, "tiny": np.full((30, 40), 0.5)}  # every image the dropdown offers is checked
     with pytest.raises(ValueError, match=r"images\['tiny'\] of size 30x40 is too small for a 11x11 kernel at scale 2"):
         posterior_explorer(model, small, draw=False)

@@ -150,6 +150,21 @@ class KernelExplorer(_Explorer):
         return plot_explorer_state(self.state)
 
 
+def _check_slider_values(ranges: dict[str, tuple[float, float]], values: dict[str, float], state_function: str
+                         ) -> None:
+    """A starting value outside its slider's range would be moved to the limit without a word
+    (ipywidgets clamps it): refuse it instead, and say where other values can be tried."""
+    for name, (low, high) in ranges.items():
+        value = float(values[name])
+        if not low <= value <= high:
+            raise ValueError(f"{name} must lie in its slider's range [{low:g}, {high:g}], got {value:g} "
+                             f"({state_function} takes any valid value)")
+
+
+_KERNEL_SLIDERS = {"lambda1": (0.25, 5.0), "lambda2": (0.25, 5.0), "theta": (0.0, math.pi), "noise_sigma": (0.0, 0.05)}
+_POSTERIOR_SLIDERS = {"lambda1": (0.25, 6.0), "lambda2": (0.25, 6.0), "theta": (0.0, math.pi)}
+
+
 def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
                     theta: float = math.pi / 4, scale: int = 2, noise_sigma: float = 0.0,
                     kernel_size: int = 11, seed: int = 0, draw: bool = True) -> KernelExplorer:
@@ -162,21 +177,24 @@ def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
 
     # validates every argument once, with the state function's messages, and hr at every scale offered
     kernel_explorer_state(hr, lambda1, lambda2, theta, scale, noise_sigma, kernel_size, seed)
+    _check_slider_values(_KERNEL_SLIDERS, {"lambda1": lambda1, "lambda2": lambda2, "theta": theta,
+                                           "noise_sigma": noise_sigma}, "kernel_explorer_state")
     for other in SCALES:
         _cropped_hr(hr, other, int(kernel_size))
     style = {"description_width": "110px"}
     layout = widgets.Layout(width="420px")
     common = {"continuous_update": False, "style": style, "layout": layout}
     controls = {
-        "lambda1": widgets.FloatSlider(value=lambda1, min=0.25, max=5.0, step=0.25,
+        "lambda1": widgets.FloatSlider(value=lambda1, min=_KERNEL_SLIDERS["lambda1"][0], max=_KERNEL_SLIDERS["lambda1"][1], step=0.25,
                                        description="λ1 (variance, px²)", **common),
-        "lambda2": widgets.FloatSlider(value=lambda2, min=0.25, max=5.0, step=0.25,
+        "lambda2": widgets.FloatSlider(value=lambda2, min=_KERNEL_SLIDERS["lambda2"][0], max=_KERNEL_SLIDERS["lambda2"][1], step=0.25,
                                        description="λ2 (variance, px²)", **common),
-        "theta": widgets.FloatSlider(value=theta, min=0.0, max=math.pi, step=math.pi / 16,
+        "theta": widgets.FloatSlider(value=theta, min=_KERNEL_SLIDERS["theta"][0], max=_KERNEL_SLIDERS["theta"][1], step=math.pi / 16,
                                      readout_format=".3f", description="θ (rad)", **common),
         "scale": widgets.Dropdown(options=list(SCALES), value=int(scale), description="scale u",
                                   style=style, layout=layout),
-        "noise_sigma": widgets.FloatSlider(value=noise_sigma, min=0.0, max=0.05, step=0.0025,
+        "noise_sigma": widgets.FloatSlider(value=noise_sigma, min=_KERNEL_SLIDERS["noise_sigma"][0],
+                                           max=_KERNEL_SLIDERS["noise_sigma"][1], step=0.0025,
                                            readout_format=".4f",
                                            description="noise σ ([0, 1] units)", **common),
     }
@@ -254,6 +272,8 @@ def posterior_explorer(model: Any, images: dict[str, np.ndarray], image: str | N
     if image not in images:
         raise ValueError(f"image must be one of {list(images)}, got {image!r}")
     posterior_explorer_state(model, images[image], lambda1, lambda2, theta)  # validates once
+    _check_slider_values(_POSTERIOR_SLIDERS, {"lambda1": lambda1, "lambda2": lambda2, "theta": theta},
+                         "posterior.posterior_explorer_state")
     for name, other in images.items():  # and every image the dropdown offers
         check_explorer_image(other, int(model.scale), kernel_lib.KERNEL_SIZE, f"images[{name!r}]")
     style = {"description_width": "110px"}
@@ -262,11 +282,11 @@ def posterior_explorer(model: Any, images: dict[str, np.ndarray], image: str | N
     controls = {
         "image": widgets.Dropdown(options=list(images), value=image, description="image",
                                   style=style, layout=layout),
-        "lambda1": widgets.FloatSlider(value=lambda1, min=0.25, max=6.0, step=0.25,
+        "lambda1": widgets.FloatSlider(value=lambda1, min=_POSTERIOR_SLIDERS["lambda1"][0], max=_POSTERIOR_SLIDERS["lambda1"][1], step=0.25,
                                        description="λ1 (variance, px²)", **common),
-        "lambda2": widgets.FloatSlider(value=lambda2, min=0.25, max=6.0, step=0.25,
+        "lambda2": widgets.FloatSlider(value=lambda2, min=_POSTERIOR_SLIDERS["lambda2"][0], max=_POSTERIOR_SLIDERS["lambda2"][1], step=0.25,
                                        description="λ2 (variance, px²)", **common),
-        "theta": widgets.FloatSlider(value=theta, min=0.0, max=math.pi, step=math.pi / 8,
+        "theta": widgets.FloatSlider(value=theta, min=_POSTERIOR_SLIDERS["theta"][0], max=_POSTERIOR_SLIDERS["theta"][1], step=math.pi / 8,
                                      readout_format=".3f", description="θ (rad)", **common),
     }
     output = widgets.Output()
