@@ -220,8 +220,13 @@ def test_explorer_state_errors(mixture, hr):
 def test_figures_draw(mixture, hr):
     import matplotlib.pyplot as plt
 
-    fig = P.plot_posterior_state(P.posterior_explorer_state(mixture, hr, 1.0, 2.0, 0.3), title="t")
-    assert len(fig.axes) == 2 + 1 + 1 + 3 + 1
+    state = P.posterior_explorer_state(mixture, hr, 1.0, 2.0, 0.3)
+    fig = P.plot_posterior_state(state, title="t")
+    assert len(fig.axes) == 2 + 1 + 1 + 3 + 1 + 1  # kernel, q, HR, bicubic, 3 experts, fused, colour bar
+    kernel_ax = fig.axes[0]
+    half = state["kernel"].shape[0] // 2
+    assert kernel_ax.images[0].get_extent() == [-half - 0.5, half + 0.5, half + 0.5, -half - 0.5]  # offsets in px
+    assert kernel_ax.get_xlabel() == "column offset (px)"
     plt.close(fig)
     rng = np.random.default_rng(0)
     fig = P.plot_embedding(rng.normal(size=(30, 3)), rng.uniform(size=30), "c", "t",

@@ -39,6 +39,7 @@ from . import kernels as kernel_lib
 from .degradations import bicubic_upsample, degrade, degrade_with_kernels, modcrop
 from .metrics import psnr_y, ssim_y
 from .models import device_of, enet_of
+from .plots import plot_kernel
 
 __all__ = [
     "PosteriorSet",
@@ -436,16 +437,24 @@ def plot_posterior_state(state: Mapping[str, object], crop: Sequence[int] | None
     for i in range(m):
         panels[f"expert {i + 1} (q={q[i]:.2f})"] = (experts[i], state["psnr"][f"expert {i + 1}"])
     panels["fused (Eq. 10)"] = (state["fused"], state["psnr"]["fused"])
-    n_img = len(panels)
-    fig = plt.figure(figsize=(2.0 * (n_img + 2) + 0.6, 2.9), layout="constrained")
-    grid = fig.add_gridspec(1, n_img + 2, width_ratios=[1.0, 1.3] + [1.0] * n_img)
+    # two rows, readable at a notebook's width: kernel, q, HR, bicubic and the fusion above, the experts below
+    first_row = ["ground truth", "bicubic", "fused (Eq. 10)"]
+    second_row = [name for name in panels if name not in first_row]
+    n_cols = max(len(first_row) + 2, len(second_row))
+    fig = plt.figure(figsize=(2.1 * n_cols + 0.4, 5.6), layout="constrained")
+    grid = fig.add_gridspec(2, n_cols)
+    places = {name: grid[0, k + 2] for k, name in enumerate(first_row)}
+    places.update({name: grid[1, k] for k, name in enumerate(second_row)})
     ax = fig.add_subplot(grid[0, 0])
     kernel = np.asarray(state["kernel"])
-    ax.imshow(kernel, cmap="viridis", interpolation="nearest")
-    ax.set_title(f"kernel {kernel.shape[0]}×{kernel.shape[1]}", fontsize=9)
-    ax.set_xlabel("column offset (px)", fontsize=8)
-    ax.set_ylabel("row offset (px)", fontsize=8)
+    image = plot_kernel(ax, kernel, title=f"kernel {kernel.shape[0]}×{kernel.shape[1]}")  # offsets from the centre
+    ax.title.set_fontsize(9)
+    ax.xaxis.label.set_fontsize(8)
+    ax.yaxis.label.set_fontsize(8)
     ax.tick_params(labelsize=7)
+    colorbar = fig.colorbar(image, ax=ax, location="bottom", shrink=0.9, pad=0.02)
+    colorbar.set_label("weight", fontsize=7)
+    colorbar.ax.tick_params(labelsize=6)
     ax = fig.add_subplot(grid[0, 1])
     colours = ["#999999"] * m
     colours[int(state["best_expert"])] = "#009E73"
@@ -456,8 +465,8 @@ def plot_posterior_state(state: Mapping[str, object], crop: Sequence[int] | None
     ax.set_ylabel("q(z | L)", fontsize=8)
     ax.set_title("posterior (green: best expert)", fontsize=9)
     ax.tick_params(labelsize=7)
-    for k, (name, (img, psnr)) in enumerate(panels.items()):
-        ax = fig.add_subplot(grid[0, k + 2])
+    for name, (img, psnr) in panels.items():
+        ax = fig.add_subplot(places[name])
         ax.imshow(np.asarray(img)[window], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(name if psnr is None else f"{name}\n{psnr:.2f} dB", fontsize=8)
         ax.set_xticks([])
@@ -483,12 +492,14 @@ def plot_embedding(points: np.ndarray, colour: np.ndarray, colour_label: str, ti
     views = [v for v in views if max(v) < dims]
     three_d = three_d and dims >= 3
     n_panels = len(views) + int(three_d)
-    fig = plt.figure(figsize=(4.2 * n_panels + 0.8, 4.0), layout="constrained")
+    n_cols = 2 if n_panels == 4 else n_panels  # 2 x 2 rather than four in a row: readable at a notebook's width
+    n_rows = -(-n_panels // n_cols)
+    fig = plt.figure(figsize=(4.3 * n_cols + 0.9, 3.9 * n_rows), layout="constrained")
     scatter = None
     k = 1
     markers = ["X", "P", "*", "D", "s", "^", "v"]
     if three_d:
-        ax = fig.add_subplot(1, n_panels, k, projection="3d")
+        ax = fig.add_subplot(n_rows, n_cols, k, projection="3d")
         scatter = ax.scatter(points[:, 0], points[:, 1], points[:, 2], c=colour, cmap=cmap, s=6, alpha=0.7,
                              depthshade=False)
         for (label, (pts, marker)) in (extra or {}).items():
@@ -501,7 +512,7 @@ def plot_embedding(points: np.ndarray, colour: np.ndarray, colour_label: str, ti
         ax.set_title("3-D view", fontsize=9)
         k += 1
     for i, j in views:
-        ax = fig.add_subplot(1, n_panels, k)
+        ax = fig.add_subplot(n_rows, n_cols, k)
         scatter = ax.scatter(points[:, i], points[:, j], c=colour, cmap=cmap, s=6, alpha=0.7)
         for m_i, (label, (pts, marker)) in enumerate((extra or {}).items()):
             pts = np.asarray(pts)
