@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -104,6 +105,10 @@ def _write_json(path: Path, payload: dict) -> None:
 
 Y_STEPS = 255 * 256  # --pack-data: Y in [0, 1] stored as round(Y * Y_STEPS) in 16 bits
 KINDS = ("encoder", "mixture", "single")
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+TRAINING_STAGES = ("main", "warmstart", "equalsteps", "ablations", "msweep", "matrix")
 
 
 def load_training_images(source: str) -> tuple[dict[str, np.ndarray], str]:
@@ -168,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", nargs="+", default=["main"],
                         choices=["main", "evaluate", "results", "fusions", "warmstart", "equalsteps", "ablations",
                                  "msweep", "matrix"])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "checkpoints"))
+    parser.add_argument("--out", default=None,
+                        help="output folder; stages that train need it named (data/checkpoints holds the shipped "
+                             "checkpoints: --out data/checkpoints replaces them); the others default to it")
     parser.add_argument("--set5", default=None, help="folder of Set5 (default: a local copy if any; 'none': skip)")
     parser.add_argument("--eval-bundled", action="store_true", help="also evaluate on the bundled test images")
     parser.add_argument("--ablations", nargs="+", default=["average", "uniform", "hard"],
@@ -193,6 +200,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if "warmstart" in args.stages and not 0.0 < args.warm_fraction < 1.0:
         raise SystemExit(f"error: --warm-fraction must lie strictly between 0 and 1, got {args.warm_fraction}")
+    training = [stage for stage in args.stages if stage in TRAINING_STAGES]
+    if args.out is None and training and not args.pack_data:  # the default folder holds the shipped checkpoints
+        raise SystemExit(f"error: --stages {' '.join(training)} trains models: name the folder with --out "
+                         f"(--out {SHIPPED.relative_to(SHIPPED.parents[1])} replaces the shipped checkpoints)")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"error: --threads must be a positive integer, got {args.threads}")
+    for name in ("msweep_seconds", "matrix_seconds", "pretrain_seconds", "joint_seconds"):
+        if getattr(args, name) is None:
+            continue
+        if not math.isfinite(getattr(args, name)) or getattr(args, name) <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be a positive number of seconds, "
+                             f"got {getattr(args, name)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -203,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         pack_images(images, Path(args.pack_data))
         _log(f"wrote {len(images)} images of {data_label} to {args.pack_data}")
         return
-    out = check_output_folder(args.out, "--out")
+    out = check_output_folder(SHIPPED if args.out is None else args.out, "--out")
     set5_dir = None if args.set5 == "none" else (args.set5 or find_local_benchmark("Set5"))
     eval_sets = {}
     if set5_dir:
@@ -213,16 +232,16 @@ def main(argv: list[str] | None = None) -> None:
              "tutorial_lib.data.fetch_benchmark('Set5')): the sidecars get no Set5 metrics")
     if args.eval_bundled:
         eval_sets["bundled-test"] = load_images("bundled-test")
-    only_evaluate = [stage for stage in ("evaluate", "fusions") if stage in args.stages]
+    only_evaluate = [stage for stage in ("evaluate", "fusions", "msweep") if stage in args.stages]
     if only_evaluate and not eval_sets:  # they would overwrite stored metrics with nothing
         raise SystemExit(f"error: --stages {' '.join(only_evaluate)} evaluate on Set5 or the bundled test images, and "
                          "neither is here: pass --set5 DIR (or set TUTORIAL_SET5_DIR) and/or --eval-bundled")
-    out.mkdir(parents=True, exist_ok=True)
     budget = T.get_training_budget(args.budget)
     overrides = {k: v for k, v in (("pretrain_seconds", args.pretrain_seconds),
                                    ("joint_seconds", args.joint_seconds)) if v is not None}
     if overrides:
         budget = T.with_overrides(budget, **overrides)
+    out.mkdir(parents=True, exist_ok=True)
     _log(f"data={data_label} ({len(images)} images) budget={budget.name} threads={torch.get_num_threads()} "
          f"eval={list(eval_sets)}")
 

@@ -1,6 +1,10 @@
 """The evaluation protocol, and the paper's Bicubic rows reproduced on Set5."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +407,35 @@ def test_cli_evaluate_runs_the_model_on_the_device_asked(tmp_path, capsys, monke
         assert err.count("error:") == 1 and "CUDA is not available" in err
     assert cli.main([*common, "--device", "tpu"]) == 2
     assert "device must be" in capsys.readouterr().err
+
+
+def _without_write_permission(command: list[str]) -> list[str] | None:
+    """``command`` run so that folder permissions apply: as is for a normal user; for root
+    (CI containers) with the capabilities that override them dropped (``setpriv``)."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    drop = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+
+
+def test_cli_train_refuses_a_folder_it_cannot_write_before_training(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for out in (locked, locked / "runs" / "a"):
+            command = _without_write_permission([sys.executable, "-m", "tutorial_lib", "train", "--scale", "2",
+                                                 "--budget", "smoke", "--variant", "single", "--out", str(out)])
+            if command is None:
+                pytest.skip("running as root without setpriv: folder permissions cannot be tested")
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "TUTORIAL_BUDGET": "smoke"})
+            assert done.returncode == 2, done.stderr
+            assert "cannot be written to" in done.stderr and "Traceback" not in done.stderr
+            assert "train single network" not in done.stderr  # refused before any step
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)

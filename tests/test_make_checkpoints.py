@@ -205,7 +205,11 @@ def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
     a_file.write_text("keep me")
     for args, message in ((["--data", str(tmp_path / "missing")], "neither 'bundled'"),
                           (["--scales", "5"], "invalid choice: 5"),
-                          (["--out", str(a_file)], "is a file; name a folder")):
+                          (["--out", str(a_file)], "is a file; name a folder"),
+                          (["--joint-seconds", "0"], "--joint-seconds must be a positive number of seconds"),
+                          (["--pretrain-seconds", "nan"], "--pretrain-seconds must be a positive number"),
+                          (["--threads", "-1"], "--threads must be a positive integer"),
+                          (["--stages", "msweep"], "evaluate on Set5 or the bundled test images")):
         out = [] if "--out" in args else ["--out", str(tmp_path / "ck")]
         try:
             status = script.run(["--budget", "smoke", "--set5", "none", *out, *args])
@@ -214,3 +218,8 @@ def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert status == 2 and message in err and "Traceback" not in err
     assert a_file.read_text() == "keep me" and not (tmp_path / "ck").exists()
+    # a stage that trains needs --out named: the default folder holds the shipped checkpoints
+    shipped = {p.name: p.stat().st_mtime_ns for p in script.SHIPPED.iterdir()}
+    assert script.run(["--budget", "smoke", "--set5", "none", "--scales", "2"]) == 2
+    assert "trains models: name the folder with --out" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in script.SHIPPED.iterdir()} == shipped

@@ -115,8 +115,22 @@ def check_output_folder(path: str | os.PathLike, name: str = "out") -> Path:
             if not folder.is_dir():
                 what = "is a file" if folder == path else f"lies under {str(folder)!r}, which is a file"
                 raise CheckpointError(f"{name} {str(path)!r} {what}; name a folder (it is created if missing)")
+            _check_writable(folder, path, name)
             break
     return path
+
+
+def _check_writable(folder: Path, path: Path, name: str) -> None:
+    """Write and remove an empty file in ``folder`` (the output folder, or the nearest existing
+    folder above it): a folder nobody may write to is found before training, not after."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+    except OSError as err:
+        where = "" if folder == path else f" (its nearest existing folder {str(folder)!r})"
+        raise CheckpointError(f"{name} {str(path)!r} cannot be written to{where}: "
+                              f"{err.strerror or err}; choose another folder") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
