@@ -40,6 +40,16 @@ def test_a_device_torch_does_not_know_is_named():
         config.get_device("gpu")
 
 
+@pytest.mark.parametrize("name", ["mps", "xla", "meta", "xpu"])
+def test_a_device_torch_knows_but_the_project_does_not_use_is_refused(name, monkeypatch):
+    with pytest.raises(ValueError, match=rf"device must be 'cpu' or 'cuda'.*'{name}': this project runs on the CPU"):
+        config.get_device(name)
+    monkeypatch.setenv("TUTORIAL_DEVICE", name)
+    with pytest.raises(ValueError, match="environment variable TUTORIAL_DEVICE must be 'cpu' or 'cuda'"):
+        config.get_device()
+    assert config.get_device(torch.device("meta")).type == "meta"  # a device object is taken as given
+
+
 def test_a_bad_value_from_the_environment_names_the_variable(monkeypatch):
     monkeypatch.setenv("TUTORIAL_DEVICE", "gpu")
     with pytest.raises(ValueError, match="environment variable TUTORIAL_DEVICE must be 'cpu' or 'cuda'.*'gpu'"):

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import socket
 import threading
 from pathlib import Path
@@ -341,6 +342,17 @@ def test_fetch_downloads_verifies_and_skips_present_files(tmp_path, serve, monke
     assert data.find_local_benchmark("FAKE") == folder
     images = data.load_images("fake", download=False)
     assert list(images) == ["img_000", "img_001", "img_002"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {0o666 & ~umask}  # readable by others
+
+    # a cached file changed on disk (same size) is not trusted: the next fetch replaces it
+    blob = contents["img_002.png"]
+    (folder / "img_002.png").write_bytes(bytes(len(blob)))
+    assert data.find_local_benchmark("fake") is None
+    data.fetch_benchmark("Fake", root, progress=False)
+    assert len(requests) == 5 and (folder / "img_002.png").read_bytes() == blob
+    assert data.find_local_benchmark("fake") == folder
 
 
 def test_fetch_deletes_and_reports_a_file_with_wrong_content(tmp_path, serve, monkeypatch):

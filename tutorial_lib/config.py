@@ -85,6 +85,11 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         chosen = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"{source} must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from error
+    if not isinstance(device, torch.device) and chosen.type not in ("cpu", "cuda"):
+        # e.g. 'mps' or 'xla': PyTorch knows the name, but this project runs on the CPU and CUDA only
+        # (a torch.device object is taken as given: the tests use the 'meta' device)
+        raise ValueError(f"{source} must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}: "
+                         "this project runs on the CPU and on CUDA GPUs only")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{source} asks for {device!r}, but CUDA is not available on this machine")
     return chosen

@@ -322,13 +322,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _is_complete(folder: Path, name: str) -> bool:
-    """Does ``folder`` hold every file of benchmark ``name`` with the right size?"""
-    for entry in _MANIFEST["datasets"][name]["files"]:
+    """Does ``folder`` hold every file of benchmark ``name`` with the right size and sha256?
+    (Hashing a whole benchmark takes a fraction of a second; a file changed on disk after its
+    download is caught here, not trusted.)"""
+    entries = _MANIFEST["datasets"][name]["files"]
+    for entry in entries:  # sizes first: a missing or partial file is found without reading
         path = folder / entry["name"]
         if not path.is_file() or path.stat().st_size != entry["bytes"]:
             return False
-    return True
+    return all(_sha256(folder / entry["name"]) == entry["sha256"] for entry in entries)
 
 
 def find_local_benchmark(name: str) -> Path | None:
@@ -336,8 +345,8 @@ def find_local_benchmark(name: str) -> Path | None:
 
     Looks at the environment variable ``TUTORIAL_<NAME>_DIR`` (e.g. ``TUTORIAL_SET5_DIR``,
     any folder of images, used as is), then at the cache ``default_data_dir() / name``, which
-    counts only when every file of the benchmark is there with its expected size. Notebooks
-    use this to take Set5 when it is available and the bundled images otherwise.
+    counts only when every file of the benchmark is there with its expected size and sha256.
+    Notebooks use this to take Set5 when it is available and the bundled images otherwise.
     """
     name = _benchmark_name(name)
     folder = folder_from_environment(f"TUTORIAL_{name.upper()}_DIR", DataError)
@@ -469,6 +478,7 @@ def fetch_benchmark(
                         f"{entry['sha256']} ({url}); deleted"
                     )
                     continue
+                os.chmod(temp, 0o666 & ~_umask())  # mkstemp made it 0600: other users may read the data
                 os.replace(temp, folder / entry["name"])
             finally:
                 temp.unlink(missing_ok=True)
