@@ -439,3 +439,30 @@ def test_cli_train_refuses_a_folder_it_cannot_write_before_training(tmp_path):
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
+
+
+def test_cli_train_refuses_a_too_small_evaluation_set_before_training(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from tutorial_lib import training
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 40), 128, np.uint8)).save(folder / "a.png")
+    monkeypatch.setattr(training, "train_single", lambda *a, **k: pytest.fail("trained before checking"))
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--variant", "single", "--evaluate-on",
+                     str(folder), "--out", str(tmp_path / "run")]) == 2
+    assert "image 'a' of size 8x40 is too small to evaluate at scale 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_ends_the_cli_with_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    from tutorial_lib import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_from_cli", interrupted)
+    assert cli.main(["train", "--scale", "2", "--budget", "smoke", "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: train stopped" in err and "Traceback" not in err

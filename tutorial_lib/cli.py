@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit status: 0 on success, 2 with one ``error:``
-    line for a user error (a malformed command line makes argparse exit with 2 itself)."""
+    line for a user error (a malformed command line makes argparse exit with 2 itself), 130
+    after Ctrl-C (files are written atomically, so an interrupt leaves the old ones whole)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -235,3 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         # DataError, CheckpointError and bad-input ValueErrors all land here: one clear line.
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.command} stopped; a file it had not finished was not written, "
+              "earlier files are unchanged", file=sys.stderr)
+        return 130

@@ -118,6 +118,15 @@ def model_method(model: torch.nn.Module, scale: int, output: str = "fused",
     return method
 
 
+def check_evaluable(hr: np.ndarray, scale: int, kernel_side: int = kernel_lib.KERNEL_SIZE, name: str = "") -> None:
+    """Refuse an HR image too small for the protocol at ``scale`` (a ``ValueError`` naming it):
+    after shaving ``scale`` pixels SSIM needs its 7x7 window, and the blur its kernel."""
+    side = min(np.shape(hr)[:2]) - min(np.shape(hr)[:2]) % scale
+    if side <= 2 * scale + 7 or side < kernel_side:
+        raise ValueError(f"image {name!r} of size {np.shape(hr)[0]}x{np.shape(hr)[1]} is too small "
+                         f"to evaluate at scale {scale} with {kernel_side}x{kernel_side} kernels")
+
+
 def evaluate(images: Mapping[str, np.ndarray], scale: int, kernels: str | np.ndarray = "unseen",
              method: Method | str = "bicubic", ssim_variant: str = "skimage",
              device: torch.device | str | None = None, progress: bool = False
@@ -160,10 +169,7 @@ def evaluate(images: Mapping[str, np.ndarray], scale: int, kernels: str | np.nda
         iterator = tqdm(names, desc="evaluate", leave=False)
     for row, name in enumerate(iterator):
         hr = modcrop(checked[name], scale)
-        if min(hr.shape) <= 2 * scale + 7 or min(hr.shape) < kernel_array.shape[-1]:
-            raise ValueError(f"image {name!r} of size {hr.shape[0]}x{hr.shape[1]} is too small "
-                             f"to evaluate at scale {scale} with {kernel_array.shape[-1]}x"
-                             f"{kernel_array.shape[-1]} kernels")
+        check_evaluable(hr, scale, kernel_array.shape[-1], name)
         lr = degrade_with_kernels(hr, kernel_array, scale, device=device)
         sr = method(lr)
         sr = sr.detach().to("cpu", torch.float64).numpy()[:, 0]

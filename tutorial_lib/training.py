@@ -1518,11 +1518,14 @@ def train_from_cli(
     to evaluate on afterwards (PSNR/SSIM on seen and unseen kernels).
     """
     from .data import load_images
+    from .evaluation import check_evaluable
 
     budget_obj = get_training_budget(budget)
     source = "bundled-train" if str(data).strip().lower() == "bundled" else data
     images = load_images(source)
     eval_sets = {str(evaluate_on): load_images(evaluate_on)} if evaluate_on else None
+    for name, image in (eval_sets or {}).get(str(evaluate_on), {}).items():  # refused now, not after training
+        check_evaluable(image, scale, name=name)
     show = True
     with _run_folder(Path(out)) as folder:  # removed again if nothing was saved in it
         if variant == "all":
