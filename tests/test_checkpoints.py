@@ -149,11 +149,15 @@ def test_non_finite_numbers_are_stored_as_null(tmp_path):
     ({"sha256": 123}, "'sha256' must be a string"),
     ({"scale": 2.0}, "'scale' must be an integer"),
     ({"scale": 3}, "'scale' is 3 but 'architecture.scale' is 2"),
+    ({"architecture": {"n_blocks": 1_000_000}}, r"'architecture.n_blocks' must be an integer in \[1, 256\]"),
+    ({"architecture": {"channels": 0}}, r"'architecture.channels' must be an integer in \[1, 1024\]"),
 ])
 def test_malformed_sidecar_fields_are_reported(tmp_path, edit, message):
     path = tmp_path / "x2_single.pt"
     save_checkpoint(Expert(2, **SMALL), path)
     side = json.loads(sidecar_path(path).read_text())
+    if isinstance(edit.get("architecture"), dict):  # one field of the architecture changed
+        edit = {"architecture": {**side["architecture"], **edit["architecture"]}}
     side.update(edit)
     sidecar_path(path).write_text(json.dumps(side))
     with pytest.raises(CheckpointError, match="malformed: " + message):

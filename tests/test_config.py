@@ -151,3 +151,21 @@ def test_huge_pages_cut_the_page_faults_of_large_tensors():
     faults = {preset: int(_last_line_of_python(_FAULT_PROBE, "THP_MEM_ALLOC_ENABLE", preset)) for preset in (None, "0")}
     # 5 x 64 MiB in 4 KiB pages is about 82,000 faults; in 2 MiB pages a few hundred
     assert faults["0"] > 50_000 and faults[None] < faults["0"] / 10
+
+
+def test_yes_no_variables_are_read_strictly(monkeypatch):
+    for value, expected in (("1", True), ("True", True), ("yes", True), ("on", True), ("", False), ("0", False),
+                            ("false", False), ("No", False), ("off", False)):
+        monkeypatch.setenv("TUTORIAL_TRAIN_ENCODER", value)
+        assert config.env_flag("TUTORIAL_TRAIN_ENCODER") is expected, value
+    monkeypatch.delenv("TUTORIAL_TRAIN_ENCODER")
+    assert config.env_flag("TUTORIAL_TRAIN_ENCODER") is False
+    monkeypatch.setenv("TUTORIAL_TRAIN_ENCODER", "sure")  # was read as yes
+    with pytest.raises(ValueError, match="environment variable TUTORIAL_TRAIN_ENCODER must be one of"):
+        config.env_flag("TUTORIAL_TRAIN_ENCODER")
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "3", True])
+def test_a_seed_outside_numpys_range_is_refused_by_name(seed):
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        config.seed_everything(seed)

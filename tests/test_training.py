@@ -272,10 +272,14 @@ def test_train_single_returns_expert(tiny_images):
 def test_a_budget_no_run_could_use_is_refused_by_name():
     for change, name in ((dict(log_every=0), "log_every"), (dict(batch_size=0), "batch_size"),
                          (dict(joint_seconds=float("nan")), "joint_seconds"), (dict(schedule="linear"), "schedule"),
-                         (dict(mixture_lr=-1e-3), "mixture_lr"), (dict(clip_value=0.0), "clip_value")):
+                         (dict(mixture_lr=-1e-3), "mixture_lr"), (dict(clip_value=0.0), "clip_value"),
+                         (dict(warmup_fraction=2.0), "warmup_fraction"), (dict(final_lr_factor=5.0), "final_lr_factor"),
+                         (dict(recalibrate_bn="no"), "recalibrate_bn"), (dict(compile="yes"), "compile"),
+                         (dict(joint_seconds="120"), "joint_seconds"), (dict(lam="0.05"), "lam")):
         with pytest.raises(ValueError, match=f"budget {name}"):
             with_overrides(QUICK, **change)
     assert with_overrides(QUICK, clip_value=float("inf"), joint_seconds=None).clip_value == float("inf")
+    assert with_overrides(QUICK, final_lr_factor=0.0, warmup_fraction=0.0).final_lr_factor == 0.0
 
 
 def test_bad_arguments_are_named(tiny_images):
@@ -290,6 +294,10 @@ def test_bad_arguments_are_named(tiny_images):
     eight_bit = {name: (img * 255).round().astype(np.uint8) for name, img in tiny_images.items()}
     with pytest.raises(ValueError, match="dtype uint8"):  # would train on 0-255 data
         train_single(eight_bit, SCALE, QUICK, progress=False)
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        train_single(tiny_images, SCALE, QUICK, seed=-1, progress=False)
+    with pytest.raises(ValueError, match="max_side .* must be an integer >= 1, got 0"):
+        training.evaluate_model("bicubic", tiny_images, SCALE, max_side=0)
 
 
 # --------------------------------------------------------------------- determinism

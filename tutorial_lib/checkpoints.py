@@ -416,6 +416,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+_ARCHITECTURE_LIMITS = {"M": 64, "scale": 8, "channels": 1024, "n_blocks": 256, "up_channels": 1024}
+
+
 def _check_sidecar_fields(sidecar: dict[str, Any], side: Path) -> None:
     """The fields :func:`load_checkpoint` relies on have the right types and agree."""
     def bad(message: str) -> CheckpointError:
@@ -435,6 +438,12 @@ def _check_sidecar_fields(sidecar: dict[str, Any], side: Path) -> None:
             raise bad(f"{where!r} must be an integer, got {value!r}")
     if None not in (sidecar.get("scale"), architecture.get("scale")) and sidecar["scale"] != architecture["scale"]:
         raise bad(f"'scale' is {sidecar['scale']} but 'architecture.scale' is {architecture['scale']}")
+    # sizes are checked before a network is built from them: the sidecar is not covered by the
+    # weights' hash, and an edited "n_blocks": 1000000 would otherwise hang building it
+    for key, limit in _ARCHITECTURE_LIMITS.items():
+        value = architecture.get(key)
+        if value is not None and (not _is_int(value) or not 1 <= value <= limit):
+            raise bad(f"'architecture.{key}' must be an integer in [1, {limit}], got {value!r}")
 
 
 def _scale_text(scale: Any) -> str:

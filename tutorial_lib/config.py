@@ -32,6 +32,22 @@ def _ci_enabled() -> bool:
     return value.strip().lower() not in ("", "0", "false", "no")
 
 
+_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def env_flag(variable: str) -> bool:
+    """A yes/no environment variable (``TUTORIAL_TRAIN_ENCODER=1``): ``1``, ``true``, ``yes`` or
+    ``on`` is True; unset, empty, ``0``, ``false``, ``no`` or ``off`` is False (any case); any
+    other value is a ``ValueError`` that names the variable, not a silent guess."""
+    value = os.environ.get(variable, "").strip().lower()
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    raise ValueError(f"environment variable {variable} must be one of {_YES} or {_NO[1:]}, "
+                     f"got {os.environ[variable]!r}")
+
+
 def get_budget(budget: str | None = None) -> str:
     """Return the budget name to use: ``'smoke'``, ``'cpu'`` or ``'gpu'`` (see module doc)."""
     source = "budget"
@@ -111,7 +127,11 @@ def device_name(device: str | torch.device | None = None) -> str:
 
 
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a run repeats exactly on the CPU."""
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a run repeats exactly on the CPU.
+    ``seed``: an integer in [0, 2**32 - 1] (NumPy's range)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

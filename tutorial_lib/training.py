@@ -262,15 +262,28 @@ class Budget:
         for name in ("pretrain_steps", "pretrain_batch", "enet_patch", "joint_steps", "batch_size", "lr_patch",
                      "channels", "n_blocks", "hard_stage_steps", "log_every"):
             check_integer(f"budget {name}", getattr(self, name))
+        numbers = ("pretrain_seconds", "joint_seconds", "pretrain_lr", "mixture_lr", "enet_lr", "lam",
+                   "pretrain_momentum", "momentum", "pretrain_weight_decay", "final_lr_factor", "warmup_fraction",
+                   "clip_value")
+        for name in numbers:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"budget {name} must be a number, got {value!r}")
         for name in ("pretrain_seconds", "joint_seconds"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"budget {name} must be a positive number of seconds or None, got {value!r}")
-        for name in ("pretrain_lr", "mixture_lr", "enet_lr", "lam", "pretrain_momentum", "momentum",
-                     "pretrain_weight_decay", "final_lr_factor", "warmup_fraction"):
+        for name in numbers[2:-1]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"budget {name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.final_lr_factor <= 1:  # the schedule decays; > 1 would make it grow
+            raise ValueError(f"budget final_lr_factor must lie in [0, 1], got {self.final_lr_factor!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"budget warmup_fraction must lie in [0, 1), got {self.warmup_fraction!r}")
+        for name in ("recalibrate_bn", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"budget {name} must be True or False, got {getattr(self, name)!r}")
         if not self.clip_value > 0:  # inf: no clipping
             raise ValueError(f"budget clip_value must be a positive number (inf: no clipping), got {self.clip_value!r}")
         if self.eval_max_side is not None and self.eval_max_side < 1:
@@ -1253,6 +1266,7 @@ def evaluate_model(
     from .evaluation import evaluate, model_method
 
     if max_side is not None:
+        check_integer("max_side (the side evaluation images are cropped to)", max_side)
         images = {n: _centre_crop(modcrop(np.asarray(img), scale), max_side, scale) for n, img in images.items()}
     if isinstance(model, str):
         if model != "bicubic":
