@@ -270,12 +270,12 @@ def test_train_single_returns_expert(tiny_images):
 
 
 def test_a_budget_no_run_could_use_is_refused_by_name():
-    for change, name in ((dict(log_every=0), "log_every"), (dict(batch_size=0), "batch_size"),
-                         (dict(joint_seconds=float("nan")), "joint_seconds"), (dict(schedule="linear"), "schedule"),
-                         (dict(mixture_lr=-1e-3), "mixture_lr"), (dict(clip_value=0.0), "clip_value"),
-                         (dict(warmup_fraction=2.0), "warmup_fraction"), (dict(final_lr_factor=5.0), "final_lr_factor"),
-                         (dict(recalibrate_bn="no"), "recalibrate_bn"), (dict(compile="yes"), "compile"),
-                         (dict(joint_seconds="120"), "joint_seconds"), (dict(lam="0.05"), "lam")):
+    for change, name in (({"log_every": 0}, "log_every"), ({"batch_size": 0}, "batch_size"),
+                         ({"joint_seconds": float("nan")}, "joint_seconds"), ({"schedule": "linear"}, "schedule"),
+                         ({"mixture_lr": -1e-3}, "mixture_lr"), ({"clip_value": 0.0}, "clip_value"),
+                         ({"warmup_fraction": 2.0}, "warmup_fraction"), ({"final_lr_factor": 5.0}, "final_lr_factor"),
+                         ({"recalibrate_bn": "no"}, "recalibrate_bn"), ({"compile": "yes"}, "compile"),
+                         ({"joint_seconds": "120"}, "joint_seconds"), ({"lam": "0.05"}, "lam")):
         with pytest.raises(ValueError, match=f"budget {name}"):
             with_overrides(QUICK, **change)
     assert with_overrides(QUICK, clip_value=float("inf"), joint_seconds=None).clip_value == float("inf")

@@ -283,7 +283,7 @@ class Budget:
             raise ValueError(f"budget warmup_fraction must lie in [0, 1), got {self.warmup_fraction!r}")
         for name in ("recalibrate_bn", "compile"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"budget {name} must be True or False, got {getattr(self, name)!r}")
+                raise ValueError(f"budget {name} must be True or False, got {getattr(self, name)!r}")  # noqa: TRY004 (as every budget check)
         if not self.clip_value > 0:  # inf: no clipping
             raise ValueError(f"budget clip_value must be a positive number (inf: no clipping), got {self.clip_value!r}")
         if self.eval_max_side is not None and self.eval_max_side < 1:
