@@ -373,6 +373,20 @@ def test_fetch_deletes_and_reports_a_file_with_wrong_content(tmp_path, serve, mo
     assert left == ["img_000.png"], "no bad or temporary file may be left behind"
 
 
+def test_fetch_into_a_folder_it_cannot_write_is_a_data_error(tmp_path, serve, monkeypatch):
+    served, contents = _fake_dataset(tmp_path)
+    base_url, requests = serve(served)
+    _use_manifest(monkeypatch, base_url, contents)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(data.tempfile, "mkstemp", refused)
+    with pytest.raises(DataError, match="cannot write into the benchmark folder .*Permission denied.*TUTORIAL_DATA_DIR"):
+        data.fetch_benchmark("fake", tmp_path / "cache", progress=False)
+    assert requests == []
+
+
 def test_fetch_reports_missing_file_on_server(tmp_path, serve, monkeypatch):
     served, contents = _fake_dataset(tmp_path)
     base_url, _ = serve(served)

@@ -447,9 +447,15 @@ def fetch_benchmark(
                 raise DataError(
                     f"bad URL {url!r} for {name}: expected http://, https:// or file://"
                 )
-            handle, temp_name = tempfile.mkstemp(
-                prefix=f".{entry['name']}.", suffix=".part", dir=folder
-            )
+            try:
+                handle, temp_name = tempfile.mkstemp(
+                    prefix=f".{entry['name']}.", suffix=".part", dir=folder
+                )
+            except OSError as err:  # e.g. a folder this user may read but not write
+                raise DataError(
+                    f"cannot write into the benchmark folder {str(folder)!r}: {err.strerror or err}; "
+                    "set TUTORIAL_DATA_DIR to a folder you can write to"
+                ) from None
             os.close(handle)
             temp = Path(temp_name)
             try:
