@@ -102,6 +102,27 @@ def test_zoom_compare_titles_carry_the_psnr(image):
         plots.zoom_compare(image, {"x": image}, (0, 60, 5, 5), 2)
 
 
+def test_error_maps_share_one_scale_centred_on_zero(image):
+    shifted = np.roll(image, 1, axis=1)
+    slightly = np.clip(image + 0.01, 0, 1)
+    box = (8, 8, 16, 24)
+    fig = plots.plot_errors(image, {"shifted": shifted, "brighter": slightly}, box)
+    maps = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(maps) == 2
+    top, left, h, w = box
+    expected = shifted[top:top + h, left:left + w] - image[top:top + h, left:left + w]
+    np.testing.assert_allclose(maps[0].get_array(), expected)
+    limits = {m.get_clim() for m in maps}
+    assert len(limits) == 1 and next(iter(limits))[0] == -next(iter(limits))[1]  # one symmetric scale
+    both = np.stack([expected, slightly[top:top + h, left:left + w] - image[top:top + h, left:left + w]])
+    assert next(iter(limits))[1] == pytest.approx(np.percentile(np.abs(both), 99))
+    assert maps[0].get_cmap().name == "RdBu_r"
+    rms = np.sqrt(np.mean(expected ** 2))
+    assert f"shifted\nRMS error {rms:.4f}" in titles(fig)
+    with pytest.raises(ValueError, match="expected the shape of hr"):
+        plots.plot_errors(image, {"small": image[:10]}, box)
+
+
 def test_plot_matrix_annotates_every_entry():
     matrix = np.array([[30.0, 25.5, 28.0], [27.0, 31.25, 29.0]])
     fig = plots.plot_matrix(matrix, ["k1", "k2"], ["f1", "f2", "all"], "performance",

@@ -302,6 +302,42 @@ def zoom_compare(hr: np.ndarray, outputs: Mapping[str, np.ndarray], box: Sequenc
     return fig
 
 
+def plot_errors(hr: np.ndarray, outputs: Mapping[str, np.ndarray], box: Sequence[int],
+                panel_size: float = 2.8, suptitle: str | None = None) -> Figure:
+    """The signed error ``output - hr`` of each restoration on the crop ``box = (top, left,
+    height, width)``, in one diverging colour map centred on 0 with the same limits for every
+    panel (red: too bright, blue: too dark; the limits are the 99th percentile of the errors'
+    magnitude, larger ones saturate), and each panel's RMS error on the crop. A shift
+    shows as red and blue bands on the two sides of every edge; noise as speckle."""
+    hr = _check_image(hr, "hr")
+    if not outputs:
+        raise ValueError("plot_errors needs at least one output")
+    for name, out in outputs.items():
+        if np.shape(out) != hr.shape:
+            raise ValueError(f"outputs[{name!r}] has shape {np.shape(out)}, expected the shape "
+                             f"of hr {hr.shape}")
+    top, left, height, width = _check_box(box, hr.shape)
+    crop = (slice(top, top + height), slice(left, left + width))
+    errors = {name: np.asarray(out, dtype=np.float64)[crop] - hr[crop] for name, out in outputs.items()}
+    # the same limits for every panel, at the 99th percentile of |error|: a few extreme pixels
+    # on the sharpest edges would otherwise wash out the bands a shift leaves
+    limit = float(np.percentile(np.abs(np.stack(list(errors.values()))), 99)) or 1.0
+    n = len(errors)
+    fig, axes = plt.subplots(1, n, figsize=(panel_size * n + 0.9, panel_size * height / width + 0.7),
+                             layout="constrained", squeeze=False)
+    image = None
+    for ax, (name, error) in zip(axes[0], errors.items()):
+        image = ax.imshow(error, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
+                          extent=(left - 0.5, left + width - 0.5, top + height - 0.5, top - 0.5))
+        ax.set_title(f"{name}\nRMS error {np.sqrt(np.mean(error ** 2)):.4f}", fontsize=9)
+        ax.set_xlabel("column (px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("row (px)", fontsize=8)
+    fig.colorbar(image, ax=list(axes[0]), label="output − ground truth ([0, 1] units)", shrink=0.9, extend="both")
+    fig.suptitle(suptitle or f"signed error on the crop of {height}×{width} px", fontsize=10)
+    return fig
+
+
 # ------------------------------------------------------------------------------ matrices
 def plot_matrix(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
                 title: str, xlabel: str, ylabel: str, colorbar_label: str,
