@@ -6,6 +6,7 @@ Modules follow the notebook sequence:
 - :mod:`tutorial_lib.kernels`       the 58 anisotropic Gaussian blur kernels and their split
 - :mod:`tutorial_lib.degradations`  blur, downsample, noise, bicubic, training patch sampler
 - :mod:`tutorial_lib.metrics`       Y channel, PSNR and SSIM as the paper's evaluation code
+- :mod:`tutorial_lib.linear_sr`     a least-squares linear restorer (notebook 02's experiments)
 - :mod:`tutorial_lib.data`          offline bundled images and the benchmark downloads
 - :mod:`tutorial_lib.elbo`          the ELBO of a discrete latent-variable model, and a 1-D toy
 - :mod:`tutorial_lib.models`        E-Net, the expert network and the batched mixture
