@@ -213,3 +213,15 @@ def test_modcrop_shapes_and_content():
 def test_modcrop_rejects_bad_input(img, scale, message):
     with pytest.raises(ValueError, match=message):
         D.modcrop(img, scale)
+
+
+def test_centre_crop_stays_on_the_lr_grid():
+    img = np.arange(11 * 14, dtype=float).reshape(11, 14)
+    np.testing.assert_array_equal(D.centre_crop(img, 4), img[3:7, 5:9])  # (11-4)//2 = 3, (14-4)//2 = 5
+    np.testing.assert_array_equal(D.centre_crop(img, 5, 2), img[2:6, 4:8])  # side 4, top 3 -> 2, left 5 -> 4
+    np.testing.assert_array_equal(D.centre_crop(img, 20), img)  # smaller than side: kept whole
+    assert np.shares_memory(D.centre_crop(img, 4), img)
+    with pytest.raises(ValueError, match="side must be at least multiple"):
+        D.centre_crop(img, 1, 2)
+    with pytest.raises(ValueError, match="at least 2-D"):
+        D.centre_crop(np.zeros(5), 2)

@@ -79,6 +79,23 @@ def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
     return img[: height - height % scale, : width - width % scale]
 
 
+def centre_crop(img: np.ndarray, side: int, multiple: int = 1) -> np.ndarray:
+    """The central ``side x side`` crop of (H, W, ...) ``img`` (a view). ``side`` is rounded
+    down to a multiple of ``multiple`` and so are the crop's top and left, so that a crop of an
+    HR image stays on the LR grid of scale ``multiple``; an image smaller than ``side`` along an
+    axis keeps that axis whole."""
+    side, multiple = check_integer("side", side), check_integer("multiple", multiple)
+    img = np.asarray(img)
+    if img.ndim < 2:
+        raise ValueError(f"image must be at least 2-D, got shape {img.shape}")
+    side -= side % multiple
+    if side < 1:
+        raise ValueError(f"side must be at least multiple = {multiple}")
+    top, left = max((img.shape[0] - side) // 2, 0), max((img.shape[1] - side) // 2, 0)
+    top, left = top - top % multiple, left - left % multiple
+    return img[top:top + side, left:left + side]
+
+
 # ------------------------------------------------------------------- one image, NumPy/SciPy
 def blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Correlate (H, W) with a kernel, SciPy boundary mode 'reflect'. Float64 (H, W)."""

@@ -155,6 +155,7 @@ from .degradations import (
     PatchSampler,
     _check_image,
     bicubic_upsample,
+    centre_crop,
     degrade_with_kernels,
     modcrop,
 )
@@ -802,13 +803,7 @@ def _whole_image_batches(images: Sequence[np.ndarray], kernels: np.ndarray, scal
 
 def _centre_crop(img: np.ndarray, max_side: int | None, scale: int) -> np.ndarray:
     """Centre crop to at most ``max_side`` (rounded down to a multiple of ``scale``)."""
-    if max_side is None:
-        return img
-    side = max_side - max_side % scale
-    h, w = img.shape
-    top, left = max((h - side) // 2, 0), max((w - side) // 2, 0)
-    top, left = top - top % scale, left - left % scale
-    return img[top:top + side, left:left + side]
+    return img if max_side is None else centre_crop(img, max_side, scale)
 
 
 @torch.no_grad()
