@@ -53,7 +53,8 @@ Examples (T91 from a local folder; README "Checkpoints" lists the exact commands
 shipped files): the ``gpu`` set in ``data/checkpoints/`` and the ``cpu`` study in
 ``data/checkpoints/cpu/``::
 
-    python scripts/make_checkpoints.py --data path/to/T91 --budget gpu --stages main --scales 2 --eval-bundled
+    python scripts/make_checkpoints.py --data path/to/T91 --budget gpu --stages main --scales 2 --eval-bundled \
+        --out data/checkpoints
     python scripts/make_checkpoints.py --data path/to/T91 --budget cpu --out data/checkpoints/cpu \
         --stages main ablations msweep matrix
 """
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None and training and not args.pack_data:  # the default folder holds the shipped checkpoints
         raise SystemExit(f"error: --stages {' '.join(training)} trains models: name the folder with --out "
                          f"(--out {SHIPPED.relative_to(SHIPPED.parents[1])} replaces the shipped checkpoints)")
+    if args.sweep_eval_side < 0:
+        raise SystemExit(f"error: --sweep-eval-side must be a side in pixels or 0 (whole images), got {args.sweep_eval_side}")
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"error: --threads must be a positive integer, got {args.threads}")
     for name in ("msweep_seconds", "matrix_seconds", "pretrain_seconds", "joint_seconds"):

@@ -151,6 +151,8 @@ def test_non_finite_numbers_are_stored_as_null(tmp_path):
     ({"scale": 3}, "'scale' is 3 but 'architecture.scale' is 2"),
     ({"architecture": {"n_blocks": 1_000_000}}, r"'architecture.n_blocks' must be an integer in \[1, 256\]"),
     ({"architecture": {"channels": 0}}, r"'architecture.channels' must be an integer in \[1, 1024\]"),
+    ({"architecture": {"hidden": 100_000_000}}, r"'architecture.hidden' must be an integer in \[1, 4096\]"),
+    ({"architecture": {"K": 1_000_000}}, r"'architecture.K' must be an integer in \[1, 1024\]"),
 ])
 def test_malformed_sidecar_fields_are_reported(tmp_path, edit, message):
     path = tmp_path / "x2_single.pt"

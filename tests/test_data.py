@@ -387,6 +387,24 @@ def test_fetch_into_a_folder_it_cannot_write_is_a_data_error(tmp_path, serve, mo
     assert requests == []
 
 
+def test_a_changed_file_that_cannot_be_replaced_is_a_data_error(tmp_path, serve, monkeypatch):
+    served, contents = _fake_dataset(tmp_path)
+    base_url, _ = serve(served)
+    _use_manifest(monkeypatch, base_url, contents)
+    folder = data.fetch_benchmark("fake", tmp_path / "cache", progress=False)
+    (folder / "img_001.png").write_bytes(bytes(len(contents["img_001.png"])))  # changed on disk, same size
+    real_unlink = Path.unlink
+
+    def refused(path, *args, **kwargs):
+        if path.parent == folder and not path.name.startswith("."):
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    with pytest.raises(DataError, match="cannot replace .*img_001.png.*no longer matches its sha256.*Permission"):
+        data.fetch_benchmark("fake", tmp_path / "cache", progress=False)
+
+
 def test_fetch_reports_missing_file_on_server(tmp_path, serve, monkeypatch):
     served, contents = _fake_dataset(tmp_path)
     base_url, _ = serve(served)

@@ -151,7 +151,9 @@ def test_decomposition_identity_float64():
 
 def test_decomposition_needs_q_to_sum_to_one():
     experts, hr, q = _problem(b=5, m=4)
-    for bad in (2 * q, q - 0.01, torch.cat([q[:, :1] + 0.5, q[:, 1:] - 0.5 / 3], dim=1)):
+    nan = q.clone()
+    nan[0, 0] = float("nan")
+    for bad in (2 * q, q - 0.01, torch.cat([q[:, :1] + 0.5, q[:, 1:] - 0.5 / 3], dim=1), nan):
         with pytest.raises(ValueError, match="q must hold non-negative weights summing to 1"):
             expected_loss_decomposition(experts, hr, bad)
 

@@ -275,7 +275,9 @@ def test_a_budget_no_run_could_use_is_refused_by_name():
                          ({"mixture_lr": -1e-3}, "mixture_lr"), ({"clip_value": 0.0}, "clip_value"),
                          ({"warmup_fraction": 2.0}, "warmup_fraction"), ({"final_lr_factor": 5.0}, "final_lr_factor"),
                          ({"recalibrate_bn": "no"}, "recalibrate_bn"), ({"compile": "yes"}, "compile"),
-                         ({"joint_seconds": "120"}, "joint_seconds"), ({"lam": "0.05"}, "lam")):
+                         ({"joint_seconds": "120"}, "joint_seconds"), ({"lam": "0.05"}, "lam"),
+                         ({"eval_max_side": "64"}, "eval_max_side"), ({"eval_max_side": 64.5}, "eval_max_side"),
+                         ({"eval_max_side": True}, "eval_max_side")):
         with pytest.raises(ValueError, match=f"budget {name}"):
             with_overrides(QUICK, **change)
     assert with_overrides(QUICK, clip_value=float("inf"), joint_seconds=None).clip_value == float("inf")

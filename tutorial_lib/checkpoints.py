@@ -416,7 +416,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-_ARCHITECTURE_LIMITS = {"M": 64, "scale": 8, "channels": 1024, "n_blocks": 256, "up_channels": 1024}
+_ARCHITECTURE_LIMITS = {"M": 64, "scale": 8, "channels": 1024, "n_blocks": 256, "up_channels": 1024, "K": 1024,
+                        "hidden": 4096}
 
 
 def _check_sidecar_fields(sidecar: dict[str, Any], side: Path) -> None:

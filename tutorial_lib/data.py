@@ -430,7 +430,13 @@ def fetch_benchmark(
         if target.is_file():
             if target.stat().st_size == entry["bytes"] and _sha256(target) == entry["sha256"]:
                 continue
-            target.unlink()  # stale or corrupt copy: fetch it again
+            try:
+                target.unlink()  # stale or corrupt copy: fetch it again
+            except OSError as err:
+                raise DataError(
+                    f"cannot replace {str(target)!r}, which no longer matches its sha256: "
+                    f"{err.strerror or err}; set TUTORIAL_DATA_DIR to a folder you can write to"
+                ) from None
         missing.append(entry)
     if not missing:
         return folder

@@ -31,7 +31,7 @@ little from the paper's tables:
   pooling; a 1x1 conv (here the equivalent ``nn.Linear``) to ``M`` scores. 389,348
   parameters for ``M = 4``. The paper's dropout (0.5) on the pooled feature is added here.
 - Both networks see ``L - 0.5`` (``input_offset``): images here are in [0, 1], the authors'
-  inputs in [0, 255] (``input_range=255``) without a shift. For E-Net the BatchNorm after its
+  inputs in [0, 255] (their ``Net`` has ``input_range=255.0``) without a shift. For E-Net the BatchNorm after its
   first conv leaves the shift mattering only through the zero padding at the borders; the
   expert's first conv sees a centred input, so its activations start centred too.
 

@@ -244,7 +244,7 @@ def expected_loss_decomposition(
     """
     _check_experts(experts, hr, q)
     worst = float((q.detach().sum(dim=1) - 1).abs().max()) if q.numel() else 0.0
-    if worst > 1e-4 or bool((q.detach() < 0).any()):
+    if not worst <= 1e-4 or bool((q.detach() < 0).any()):  # "not <=": a NaN weight is refused too
         raise ValueError(f"q must hold non-negative weights summing to 1 over the M experts (the identity needs it); "
                          f"a row is off by {worst:.3g}")
     fused = torch.einsum("bm,bmchw->bchw", q, experts)

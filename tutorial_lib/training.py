@@ -287,8 +287,8 @@ class Budget:
                 raise ValueError(f"budget {name} must be True or False, got {getattr(self, name)!r}")  # noqa: TRY004 (as every budget check)
         if not self.clip_value > 0:  # inf: no clipping
             raise ValueError(f"budget clip_value must be a positive number (inf: no clipping), got {self.clip_value!r}")
-        if self.eval_max_side is not None and self.eval_max_side < 1:
-            raise ValueError(f"budget eval_max_side must be a positive integer or None, got {self.eval_max_side!r}")
+        if self.eval_max_side is not None:
+            check_integer("budget eval_max_side", self.eval_max_side)
 
     def summary(self) -> dict[str, Any]:
         """The budget as a plain dict (for sidecars and notebooks)."""
