@@ -36,8 +36,8 @@ paper-size mixture trains only some tens of patches per second, which is why the
 budget uses narrower, shallower experts. On a GPU one grouped pass replaces ``M`` small
 launches. On the CPU launches cost little and what counts is whether an operation's tensors
 fit in the cache: the loop works on ``M`` times smaller tensors than the grouped pass (a
-16 x 64 x 24 x 24 float32 activation is 2.4 MB, about one core's L2 cache on the machine
-measured; the grouped one is 9.4 MB), so the two run at about the same speed there, the loop
+16 x 64 x 24 x 24 float32 activation is 2.4 MB, more than one core's L2 cache (1 MB) on the
+machine measured; the grouped one is 9.4 MB), so the two run at about the same speed there, the loop
 slightly ahead at batch 16 and the batched pass ahead at batches of 2-4 (the README's
 *Speed* section and :func:`tutorial_lib.config.tune_cpu_allocator` give the numbers).
 """
