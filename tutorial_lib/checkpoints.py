@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import folder_from_environment, get_device
+from .config import folder_from_environment, get_device, new_file_mode
 from .models import (
     BlindSR,
     EncoderWithClassifier,
@@ -152,12 +152,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _temporary_beside(path: Path) -> Path:
     """An empty temporary file in ``path``'s folder (``os.replace`` is atomic only within one
     file system), named after ``path``."""
@@ -169,7 +163,7 @@ def _temporary_beside(path: Path) -> Path:
 
 def _publish(tmp: Path, path: Path) -> None:
     """Move the finished temporary file ``tmp`` onto ``path`` in one step."""
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual permissions
+    os.chmod(tmp, new_file_mode())  # mkstemp makes 0600 files; use the usual permissions
     os.replace(tmp, path)
 
 

@@ -48,6 +48,15 @@ def env_flag(variable: str) -> bool:
                      f"got {os.environ[variable]!r}")
 
 
+def new_file_mode() -> int:
+    """The permission bits a new file gets under this process's umask (``0o666 & ~umask``):
+    files written through ``tempfile.mkstemp`` (0600) are given these before they are moved
+    into place, so that they read like any other file the user writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def get_budget(budget: str | None = None) -> str:
     """Return the budget name to use: ``'smoke'``, ``'cpu'`` or ``'gpu'`` (see module doc)."""
     source = "budget"

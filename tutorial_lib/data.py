@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tutorial_lib.config import folder_from_environment
+from tutorial_lib.config import folder_from_environment, new_file_mode
 from tutorial_lib.degradations import modcrop  # noqa: F401  (re-exported; one implementation)
 from tutorial_lib.metrics import rgb_to_y
 
@@ -322,12 +322,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _is_complete(folder: Path, name: str) -> bool:
     """Does ``folder`` hold every file of benchmark ``name`` with the right size and sha256?
     (Hashing a whole benchmark takes a fraction of a second; a file changed on disk after its
@@ -490,7 +484,7 @@ def fetch_benchmark(
                         f"{entry['sha256']} ({url}); deleted"
                     )
                     continue
-                os.chmod(temp, 0o666 & ~_umask())  # mkstemp made it 0600: other users may read the data
+                os.chmod(temp, new_file_mode())  # mkstemp made it 0600: other users may read the data
                 os.replace(temp, folder / entry["name"])
             finally:
                 temp.unlink(missing_ok=True)

@@ -254,6 +254,19 @@ def show_images(images: Mapping[str, np.ndarray], ncols: int | None = None,
     return fig
 
 
+def _check_comparison(hr: np.ndarray, outputs: Mapping[str, np.ndarray], box: Sequence[int],
+                      caller: str) -> tuple[np.ndarray, Box]:
+    """``hr`` checked, every output of its shape, and ``box`` inside it (for the comparisons)."""
+    hr = _check_image(hr, "hr")
+    if not outputs:
+        raise ValueError(f"{caller} needs at least one output")
+    for name, out in outputs.items():
+        if np.shape(out) != hr.shape:
+            raise ValueError(f"outputs[{name!r}] has shape {np.shape(out)}, expected the shape "
+                             f"of hr {hr.shape}")
+    return hr, _check_box(box, hr.shape)
+
+
 def zoom_compare(hr: np.ndarray, outputs: Mapping[str, np.ndarray], box: Sequence[int],
                  scale: int, context: bool = True, panel_size: float = 2.8,
                  suptitle: str | None = None) -> Figure:
@@ -265,14 +278,7 @@ def zoom_compare(hr: np.ndarray, outputs: Mapping[str, np.ndarray], box: Sequenc
     ``context`` a first panel shows all of ``hr`` with the box drawn on it.
     Images: float in [0, 1].
     """
-    hr = _check_image(hr, "hr")
-    if not outputs:
-        raise ValueError("zoom_compare needs at least one output")
-    for name, out in outputs.items():
-        if np.shape(out) != hr.shape:
-            raise ValueError(f"outputs[{name!r}] has shape {np.shape(out)}, expected the shape "
-                             f"of hr {hr.shape}")
-    top, left, height, width = _check_box(box, hr.shape)
+    hr, (top, left, height, width) = _check_comparison(hr, outputs, box, "zoom_compare")
     crop = (slice(top, top + height), slice(left, left + width))
     n = len(outputs) + 1 + int(context)
     aspect = height / width
@@ -309,14 +315,7 @@ def plot_errors(hr: np.ndarray, outputs: Mapping[str, np.ndarray], box: Sequence
     panel (red: too bright, blue: too dark; the limits are the 99th percentile of the errors'
     magnitude, larger ones saturate), and each panel's RMS error on the crop. A shift
     shows as red and blue bands on the two sides of every edge; noise as speckle."""
-    hr = _check_image(hr, "hr")
-    if not outputs:
-        raise ValueError("plot_errors needs at least one output")
-    for name, out in outputs.items():
-        if np.shape(out) != hr.shape:
-            raise ValueError(f"outputs[{name!r}] has shape {np.shape(out)}, expected the shape "
-                             f"of hr {hr.shape}")
-    top, left, height, width = _check_box(box, hr.shape)
+    hr, (top, left, height, width) = _check_comparison(hr, outputs, box, "plot_errors")
     crop = (slice(top, top + height), slice(left, left + width))
     errors = {name: np.asarray(out, dtype=np.float64)[crop] - hr[crop] for name, out in outputs.items()}
     # the same limits for every panel, at the 99th percentile of |error|: a few extreme pixels
