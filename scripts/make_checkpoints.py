@@ -85,6 +85,7 @@ from tutorial_lib.checkpoints import (
     sidecar_path,
 )
 from tutorial_lib.data import DataError, find_local_benchmark, load_folder, load_images
+from tutorial_lib.degradations import centre_crop
 from tutorial_lib.models import device_of
 
 MATRIX_KERNELS = (  # representative seen kernels: narrow/wide, three orientations
@@ -335,10 +336,11 @@ def main(argv: list[str] | None = None) -> None:
             _set_training_data(path, data_label, args.note)
             _log(f"x2 ablation {name}: {json.dumps(metrics)}")
         if "hard" in args.ablations:
-            mixture, _ = load_checkpoint(out / "x2_mixture.pt", expected_kind="mixture", scale=2)
+            mixture, mixture_sidecar = load_checkpoint(out / "x2_mixture.pt", expected_kind="mixture", scale=2)
             hard = {s: T.evaluate_model(mixture, imgs, 2, output="hard") for s, imgs in eval_sets.items()}
-            _write_json(out / "x2_hard_selection_eval.json", {"model": "x2_mixture.pt", "mode": "hard",
-                                                              "metrics": hard})
+            _write_json(out / "x2_hard_selection_eval.json", {
+                "model": "x2_mixture.pt", "model_sha256": mixture_sidecar["sha256"],
+                "budget": mixture_sidecar["budget_settings"], "mode": "hard", "metrics": hard})
             _log(f"x2 hard selection (no training): {json.dumps(hard)}")
 
     if "msweep" in args.stages:
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         names = [label for label, *_ in MATRIX_KERNELS]
         eval_images = eval_sets.get("Set5") or load_images("bundled-test")
         if args.sweep_eval_side:
-            eval_images = {k: T._centre_crop(v, args.sweep_eval_side, 2) for k, v in eval_images.items()}
+            eval_images = {k: centre_crop(v, args.sweep_eval_side, 2) for k, v in eval_images.items()}
         rows = []
         for label, a, b, t in MATRIX_KERNELS:
             kernel = kernel_lib.anisotropic_gaussian(a, b, t * np.pi / 8)[None]

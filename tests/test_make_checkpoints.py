@@ -223,3 +223,39 @@ def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
     assert script.run(["--budget", "smoke", "--set5", "none", "--scales", "2"]) == 2
     assert "trains models: name the folder with --out" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in script.SHIPPED.iterdir()} == shipped
+
+
+def test_ablation_sweep_and_matrix_stages(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from tutorial_lib.data import bundled_images
+
+    set5 = tmp_path / "tiny_set5"  # two 64 x 64 crops stand in for Set5: the stages' bookkeeping, quickly
+    set5.mkdir()
+    for name, y in list(bundled_images("test").items())[:2]:
+        Image.fromarray(np.round(y[100:164, 100:164] * 255).astype(np.uint8)).save(set5 / f"{name}.png")
+    out = tmp_path / "ck"
+    common = ["--budget", "smoke", "--scales", "2", "--set5", str(set5), "--out", str(out), "--threads", "2"]
+    _main_in_process(monkeypatch, "--stages", "main", "ablations", "msweep", "matrix", "--models", "encoder",
+                     "mixture", "--sweep-eval-side", "32", *common)
+
+    _, mixture = load_checkpoint(out / "x2_mixture.pt", expected_kind="mixture", scale=2)
+    for name in ("average", "uniform", "hard"):  # Table 3's rows, each with the mixture's budget
+        _, sidecar = load_checkpoint(out / f"x2_{name}.pt", expected_kind="mixture", scale=2)
+        assert sidecar["ablation"] == name and sidecar["budget_settings"] == mixture["budget_settings"]
+        assert set(sidecar["metrics"]["Set5"]) == {"seen", "unseen"}
+    # hard selection of the trained mixture, without training: names the weights and their budget
+    hard = json.loads((out / "x2_hard_selection_eval.json").read_text(encoding="utf-8"))
+    assert hard["model_sha256"] == mixture["sha256"] and hard["budget"] == mixture["budget_settings"]
+    assert hard["mode"] == "hard" and set(hard["metrics"]["Set5"]) == {"seen", "unseen"}
+
+    sweep = json.loads((out / "x2_msweep.json").read_text(encoding="utf-8"))  # Fig. 3
+    assert [row["M"] for row in sweep["rows"]] == [1, 2, 4, 6, 8] and sweep["eval_crop_side"] == 32
+    assert all(row["steps"] == 30 and set(row["metrics"]["Set5"]) == {"seen", "unseen"} for row in sweep["rows"])
+
+    matrix = json.loads((out / "x2_matrix.json").read_text(encoding="utf-8"))  # Fig. 1
+    n = len(matrix["kernels"])
+    assert n >= 2 and [row["trained_on"] for row in matrix["rows"]] == matrix["kernels"]
+    assert all(len(row["psnr"]) == n and all(np.isfinite(row["psnr"])) for row in matrix["rows"])
+    # the trained mixture sits beside the specialists (no single network was trained in this folder)
+    assert set(matrix["reference"]) == {"x2_mixture", "bicubic"} and matrix["eval_images"] == "Set5"
