@@ -80,6 +80,31 @@ def test_round_trip(tmp_path, kind):
     assert side["steps"] == 7
 
 
+@pytest.mark.parametrize("kind", ["mixture", "single"])
+def test_round_trip_keeps_a_non_default_architecture(tmp_path, kind):
+    """The settings that change what the network computes without changing its weights' shapes."""
+    torch.manual_seed(0)
+    settings = {"deconv_relu": True, "input_offset": 0.25}
+    if kind == "mixture":
+        model = BlindSR(ENet(4, input_offset=0.0), MixtureOfExperts(4, 2, **SMALL, **settings))
+    else:
+        model = Expert(2, **SMALL, **settings)
+    model.eval()
+    save_checkpoint(model, tmp_path / "m.pt", kind=kind)
+    loaded, _ = load_checkpoint(tmp_path / "m.pt", expected_kind=kind, scale=2)
+    nets = (model.mixture, loaded.mixture) if kind == "mixture" else (model, loaded)
+    for net in nets:
+        assert net.deconv_relu is True and net.input_offset == 0.25
+    if kind == "mixture":
+        assert loaded.enet.input_offset == 0.0
+    lr = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if kind == "mixture":
+            torch.testing.assert_close(loaded(lr)["fused"], model(lr)["fused"], rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(loaded(lr), model(lr), rtol=0, atol=0)
+
+
 def test_round_trip_of_ablation_mixtures(tmp_path):
     average = _mixture(enet=False, mode="average")
     save_checkpoint(average, tmp_path / "avg.pt")

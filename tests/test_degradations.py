@@ -225,3 +225,14 @@ def test_centre_crop_stays_on_the_lr_grid():
         D.centre_crop(img, 1, 2)
     with pytest.raises(ValueError, match="at least 2-D"):
         D.centre_crop(np.zeros(5), 2)
+
+
+def test_images_are_drawn_in_proportion_to_their_patch_positions():
+    """A small image is drawn as often as its share of the patch positions, not as often as a big one."""
+    rng = np.random.default_rng(0)
+    big, small = rng.uniform(0.2, 0.8, (96, 96)), rng.uniform(0.2, 0.8, (32, 32))
+    sampler = D.PatchSampler([big, small], K.kernel_set("seen"), 2, lr_patch=8, seed=0)
+    positions = np.array([(48 - 8 + 1) ** 2, (16 - 8 + 1) ** 2])  # LR positions of an 8 x 8 patch
+    np.testing.assert_allclose(sampler.image_weights.numpy(), positions / positions.sum())
+    counts = np.bincount(sampler.sample(4000)["image_index"].numpy(), minlength=2)
+    assert counts[1] / 4000 == pytest.approx(positions[1] / positions.sum(), abs=0.02)

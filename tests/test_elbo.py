@@ -168,6 +168,9 @@ def test_mixture_objective_terms() -> None:
     assert terms["loss"].item() == pytest.approx(terms["recon"].item() + 0.2 * terms["kl"].item())
     of_mean = E.mixture_objective(log_q, uniform, predictions, target, 0.2, reconstruction="of_mean")
     assert of_mean["recon"].item() <= terms["recon"].item()
+    mean_prediction = (log_q.exp()[:, :, None] * predictions).sum(1)  # the loss of the q-weighted mean
+    assert of_mean["recon"].item() == pytest.approx(((mean_prediction - target) ** 2).mean().item())
+    assert of_mean["recon"].item() < terms["recon"].item() - 1e-3  # by the experts' spread, not by rounding
 
 
 def test_toy_data_is_deterministic_and_balanced() -> None:

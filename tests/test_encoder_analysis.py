@@ -125,6 +125,13 @@ def test_kernel_information_bounds():
     # the same non-uniform q for every kernel: an ensemble, no information
     same = np.broadcast_to(np.array([0.7, 0.1, 0.1, 0.1]), (2, 5, m))
     assert A.kernel_information(same)["information"] == pytest.approx(0.0, abs=1e-12)
+    # confident q that the images disagree on: each kernel's *mean* q is uniform, so no information,
+    # although every single q is one-hot
+    disagree = np.zeros((2, 2, 2))
+    disagree[0, 0, 0] = disagree[0, 1, 1] = disagree[1, 0, 1] = disagree[1, 1, 0] = 1.0
+    info = A.kernel_information(disagree)
+    assert info["information"] == pytest.approx(0.0, abs=1e-12)
+    assert info["mean_entropy"] == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="n_images, K, M"):
         A.kernel_information(np.ones((3, 4)))
 

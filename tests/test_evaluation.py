@@ -54,6 +54,48 @@ def test_per_pair_values_average_to_the_summary():
         assert result.per_pair_ssim[i, j] == pytest.approx(ssim_y(hr, sr, shave_border=2), abs=1e-5)
 
 
+def test_the_border_shaved_is_the_scale():
+    """At x3 a method whose outer 3 pixels are wrong scores as bicubic: shave = u, not a fixed 2."""
+    from tutorial_lib.degradations import bicubic_upsample
+
+    hr = bundled_images("test")["camera"][:90, :90]
+    u = 3
+
+    def spoiled_border(lr: torch.Tensor) -> torch.Tensor:
+        sr = bicubic_upsample(lr, u).clone()
+        sr[..., :u, :] = sr[..., -u:, :] = 0
+        sr[..., :, :u] = sr[..., :, -u:] = 0
+        return sr
+
+    spoiled = evaluate({"camera": hr}, u, "seen", spoiled_border)
+    plain = evaluate({"camera": hr}, u, "seen", "bicubic")
+    np.testing.assert_allclose(spoiled.per_pair_psnr, plain.per_pair_psnr, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(spoiled.per_pair_ssim, plain.per_pair_ssim, rtol=0, atol=1e-12)
+
+    def spoiled_inside(lr: torch.Tensor) -> torch.Tensor:  # one pixel further in: counted
+        sr = bicubic_upsample(lr, u).clone()
+        sr[..., u, :] = 0
+        return sr
+
+    assert (evaluate({"camera": hr}, u, "seen", spoiled_inside).per_pair_psnr < plain.per_pair_psnr - 1).all()
+
+
+def test_the_ssim_variant_is_passed_to_every_pair():
+    from tutorial_lib import degradations as D
+    from tutorial_lib import kernels as K
+    from tutorial_lib.metrics import ssim_y
+
+    hr = D.modcrop(bundled_images("test")["chelsea"][:64, :64], 2)
+    result = evaluate({"chelsea": hr}, 2, "unseen", ssim_variant="matlab")
+    skimage_result = evaluate({"chelsea": hr}, 2, "unseen")
+    kernels = K.kernel_set("unseen")
+    for j in (0, 17):
+        sr = D.bicubic_upsample(torch.from_numpy(D.degrade(hr, kernels[j], 2))[None, None], 2)[0, 0].double().numpy()
+        assert result.per_pair_ssim[0, j] == pytest.approx(ssim_y(hr, sr, 2, variant="matlab"), abs=1e-5)
+    assert (np.abs(result.per_pair_ssim - skimage_result.per_pair_ssim) > 1e-5).all()  # another window, other values
+    np.testing.assert_array_equal(result.per_pair_psnr, skimage_result.per_pair_psnr)
+
+
 def test_a_perfect_method_scores_infinite_psnr_and_unit_ssim():
     hr = bundled_images("test")["camera"][:64, :64]
 

@@ -54,6 +54,10 @@ def test_psnr_rounds_and_clips_the_estimate():
     # within half a level of the truth and overshooting values clip to the same 8-bit image
     assert np.isinf(M.psnr_y(hr, hr + 0.4 / 255))
     assert M.psnr_y(np.ones((8, 8)), np.full((8, 8), 1.3)) == np.inf
+    # rounded, not truncated: 0.4 below a level is that level, 0.6 above it is the next one
+    np.testing.assert_array_equal(M.to_uint8_levels(np.array([0.4, 0.6, 254.4, 254.6]) / 255), [0, 1, 254, 255])
+    assert np.isinf(M.psnr_y(hr, hr - 0.4 / 255))
+    assert M.psnr_y(hr, hr + 0.6 / 255) == pytest.approx(10 * np.log10(255.0 ** 2))  # every pixel one level off
 
 
 @pytest.mark.parametrize("seed", [0, 1])

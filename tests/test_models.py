@@ -222,6 +222,9 @@ def test_fused_is_q_weighted_sum_of_experts():
     out = mixture(lr, q)
     assert out["experts"].shape == (4, 3, 1, 24, 24)
     assert torch.allclose(out["fused"], (q[:, :, None, None, None] * out["experts"]).sum(1), atol=1e-6)
+    # each expert predicts a residual over the bicubic upsampling (residual learning)
+    expected = _bicubic(lr, 2)[:, None] + mixture.residuals(lr)
+    assert torch.allclose(out["experts"], expected, atol=1e-6)
     with pytest.raises(ValueError, match="q must have shape"):
         mixture(lr, torch.ones(4, 2) / 2)
 
