@@ -3,6 +3,7 @@ errors for bad files, and resuming training."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -213,7 +214,7 @@ def test_truncated_file_is_reported(tmp_path):
     save_checkpoint(_models()["mixture"], path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(CheckpointError, match="truncated"):
+    with pytest.raises(CheckpointError, match=r"is truncated: \d+ bytes, its sidecar records \d+"):
         load_checkpoint(path)
 
 
@@ -395,3 +396,128 @@ def test_sidecars_record_the_images_a_run_used(tmp_path, tiny_images):
     for kind, path in result["paths"].items():
         record = json.loads(sidecar_path(path).read_text())["training_data"]
         assert record["images"] == ["coffee"] and record["images_too_small"] == ["crumb"], kind
+
+
+MIB = 1 << 20
+
+
+def _edit_sidecar(path, edit) -> None:
+    side = json.loads(sidecar_path(path).read_text())
+    edit(side)
+    sidecar_path(path).write_text(json.dumps(side))
+
+
+def test_file_sha256_hashes_the_whole_file(tmp_path):
+    """The hash covers every byte, not only the first chunk read."""
+    blob = np.random.default_rng(0).bytes(3 * MIB + 123)
+    path = tmp_path / "big.bin"
+    path.write_bytes(blob)
+    assert file_sha256(path) == hashlib.sha256(blob).hexdigest()
+
+
+def test_a_change_past_the_first_mebibyte_of_a_checkpoint_fails_the_hash(tmp_path):
+    """The shipped checkpoints are 1.2 to 6.6 MB; a byte changed after the first MiB must
+    still be caught before the weights are used."""
+    torch.manual_seed(0)
+    path = tmp_path / "x2_single.pt"
+    save_checkpoint(Expert(2), path)  # the default expert: about 1.2 MB of weights
+    data = bytearray(path.read_bytes())
+    assert len(data) > MIB + 4096
+    data[MIB + 2048] ^= 0xFF  # same size, one byte after the first MiB changed
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", ["single", "mixture"])
+def test_a_sidecar_naming_more_blocks_than_the_weights_hold_is_refused(tmp_path, kind):
+    """Weights are loaded strictly: a non-strict load would build n_blocks + 1 blocks and
+    leave the extra one at its random initialisation, silently."""
+    torch.manual_seed(0)
+    model = Expert(2, **SMALL) if kind == "single" else BlindSR(ENet(4), MixtureOfExperts(4, 2, **SMALL))
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path)
+    _edit_sidecar(path, lambda side: side["architecture"].update(n_blocks=3))  # weights hold 2 blocks
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path)
+
+
+def _refuse_to_build(*args, **kwargs):
+    raise AssertionError("a network was built from a sidecar whose sizes were not checked")
+
+
+@pytest.mark.parametrize("field, value, limit", [("M", 1_000_000, 64), ("up_channels", 1_000_000, 1024),
+                                                 ("scale", 1000, 8), ("M", 0, 64)])
+def test_every_architecture_size_in_a_sidecar_is_bounded(tmp_path, monkeypatch, field, value, limit):
+    """Every size field is bounded ("M", "up_channels" and "scale" as well as the others). The
+    sidecar is not covered by the weights' hash; an edited size would hang or exhaust memory."""
+    torch.manual_seed(0)
+    path = tmp_path / "x2_mixture.pt"
+    save_checkpoint(BlindSR(ENet(4), MixtureOfExperts(4, 2, **SMALL)), path)
+
+    def edit(side):
+        side["architecture"][field] = value
+        if field == "scale":
+            side["scale"] = value  # keep the two scale fields consistent: only the bound can refuse it
+
+    _edit_sidecar(path, edit)
+    monkeypatch.setattr(checkpoints, "build_model", _refuse_to_build)
+    with pytest.raises(CheckpointError, match=rf"malformed: 'architecture.{field}' must be an integer in \[1, {limit}\]"):
+        load_checkpoint(path)
+
+
+def test_a_sidecar_without_a_sha256_is_refused(tmp_path):
+    """A sidecar without a hash is refused, not loaded unverified."""
+    path = tmp_path / "m.pt"
+    save_checkpoint(Expert(2, **SMALL), path)
+    _edit_sidecar(path, lambda side: side.pop("sha256"))
+    with pytest.raises(CheckpointError, match="records no sha256"):
+        load_checkpoint(path)
+
+
+UNPICKLED: list[str] = []
+
+
+def _record(tag: str) -> int:
+    UNPICKLED.append(tag)
+    return 0
+
+
+class _Trap:
+    """Unpickling this calls _record: the code a hostile pickle would run."""
+
+    def __reduce__(self):
+        return (_record, ("ran",))
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_even_with_a_matching_sidecar(tmp_path):
+    """load_checkpoint reads with ``weights_only=True``: the sha256 only says the file is the one
+    the sidecar describes, not that it is safe."""
+    UNPICKLED.clear()
+    path = tmp_path / "m.pt"
+    model = Expert(2, **SMALL)
+    save_checkpoint(model, path)
+    torch.save({**model.state_dict(), "trap": _Trap()}, path)
+    _edit_sidecar(path, lambda side: side.update(sha256=file_sha256(path), bytes=path.stat().st_size))
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(path)
+    assert UNPICKLED == []
+
+
+def test_optimizer_state_with_pickled_code_is_refused(tmp_path):
+    """load_optimizer_state reads with ``weights_only=True`` too."""
+    UNPICKLED.clear()
+    path = tmp_path / "m.pt"
+    torch.save({"classes": ["Adam"], "states": [], "trap": _Trap()}, optimizer_state_path(path))
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_optimizer_state(path)
+    assert UNPICKLED == []
+
+
+def test_save_refuses_a_config_that_contradicts_the_model(tmp_path):
+    """A config that contradicts the model is refused: otherwise the sidecar of an x2 network would
+    say x3, and load_checkpoint(scale=3) would accept it."""
+    path = tmp_path / "x3_single.pt"
+    with pytest.raises(CheckpointError, match=r"config\['scale'\] = 3 disagrees with the model \(2\)"):
+        save_checkpoint(Expert(2, **SMALL), path, config={"scale": 3})
+    assert not path.exists() and not sidecar_path(path).exists()

@@ -491,3 +491,13 @@ def test_fetch_set5_from_local_server_checks_the_real_hashes(tmp_path, serve):
     assert sorted(p.name for p in folder.iterdir()) == [f"img_00{i}.png" for i in range(1, 6)]
     images = data.load_images("set5", root=tmp_path, download=False)
     assert images.keys() == data.load_folder(folder).keys()
+
+
+def test_load_folder_skips_hidden_files(tmp_path):
+    """Hidden files are skipped: macOS leaves ``._name.png``
+    AppleDouble files (not images) beside every image it copies to a non-Apple disk."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (12, 9, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble header, not a PNG
+    Image.fromarray(rng.integers(0, 256, (12, 9), dtype=np.uint8)).save(tmp_path / ".hidden.png")
+    assert list(data.load_folder(tmp_path)) == ["a"]

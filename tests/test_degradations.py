@@ -236,3 +236,19 @@ def test_images_are_drawn_in_proportion_to_their_patch_positions():
     np.testing.assert_allclose(sampler.image_weights.numpy(), positions / positions.sum())
     counts = np.bincount(sampler.sample(4000)["image_index"].numpy(), minlength=2)
     assert counts[1] / 4000 == pytest.approx(positions[1] / positions.sum(), abs=0.02)
+
+
+def test_blur_is_a_correlation_for_a_kernel_that_is_not_point_symmetric():
+    """Blurring correlates. Every Gaussian of the bank is point-symmetric, so with the bank a
+    convolution gives the same result; with any other kernel the NumPy path (evaluation) and the
+    torch path (PatchSampler, training) must still agree."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.1, 0.9, (30, 34))
+    kernel = rng.uniform(size=(5, 5))
+    kernel[0, :] += 2.0  # weight above the centre only
+    kernel /= kernel.sum()
+    np.testing.assert_allclose(D.blur(img, kernel), scipy.ndimage.correlate(img, kernel, mode="reflect"),
+                               atol=1e-12)
+    lr_numpy = D.degrade(img, kernel, 2)
+    lr_torch = D.degrade(torch.from_numpy(img)[None, None], kernel, 2)[0, 0].numpy()
+    np.testing.assert_allclose(lr_numpy, lr_torch, atol=1e-12)

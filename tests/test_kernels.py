@@ -112,6 +112,8 @@ def test_bad_input_is_rejected_clearly():
         K.anisotropic_gaussian(1, 1, 0, size=10)
     with pytest.raises(ValueError, match="positive"):
         K.anisotropic_gaussian(-1, 1, 0)
+    with pytest.raises(ValueError, match="positive"):
+        K.anisotropic_gaussian(1, -1, 0)
     with pytest.raises(ValueError, match="kernel set"):
         K.kernel_set("unknown")
 

@@ -184,3 +184,29 @@ def test_hard_selection_losses():
     assert torch.allclose(out["encoder_loss"], elbo_loss(experts, hr, q, q)["recon"])
     g_q, g_e = torch.autograd.grad(out["encoder_loss"], (q, experts), allow_unused=True)
     assert g_q.abs().sum() > 0 and g_e is None
+
+
+def test_kl_from_logits_stays_finite_when_a_prior_probability_is_zero():
+    """The prior's probabilities are clamped at eps before the log. Training
+    passes the pre-trained E-Net's float32 softmax as ``prior_probs``, which can underflow to 0."""
+    scores = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    prior = torch.tensor([[0.5, 0.5, 0.0]])
+    kl = kl_from_logits(scores, prior)
+    assert torch.isfinite(kl).all()
+    torch.testing.assert_close(kl, kl_categorical(scores.softmax(1), prior), rtol=1e-5, atol=1e-6)
+    kl.sum().backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+def test_elbo_loss_with_scores_and_an_underflowed_prior_is_finite():
+    """The same, as training calls it: elbo_loss(..., q_prior=softmax(prior scores), scores=scores)."""
+    g = torch.Generator().manual_seed(0)
+    experts = torch.rand(2, 3, 1, 6, 6, generator=g)
+    hr = torch.rand(2, 1, 6, 6, generator=g)
+    scores = torch.randn(2, 3, generator=g, requires_grad=True)
+    q_prior = torch.softmax(torch.tensor([[0.0, 200.0, -200.0], [0.0, 0.0, 0.0]]), dim=1)
+    assert (q_prior == 0).any()  # float32 underflow, as a confident pre-trained E-Net gives
+    out = elbo_loss(experts, hr, scores.softmax(1), q_prior, lam=0.05, scores=scores)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert torch.isfinite(scores.grad).all()

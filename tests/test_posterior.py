@@ -1,9 +1,11 @@
 """Clustering measures of E-Net's posterior and the posterior explorer's state function."""
 
+import copy
 import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from tutorial_lib import kernels as K
@@ -233,3 +235,51 @@ def test_figures_draw(mixture, hr):
                            extra={"out": (rng.normal(size=(2, 3)), "X")})
     assert len(fig.axes) >= 4
     plt.close(fig)
+
+
+def test_distance_preservation_reports_both_correlations_of_the_pair_distances():
+    """Both correlations are of the two distance lists (notebook 06 prints the Pearson r)."""
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(12, 3))
+    dist = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+    centroids = rng.normal(size=(12, 3))
+    q_dist = np.sqrt(((centroids[:, None] - centroids[None]) ** 2).sum(-1))
+    i, j = np.triu_indices(12, k=1)
+    out = P.distance_preservation(centroids, dist)
+    assert out["pearson"] == pytest.approx(scipy.stats.pearsonr(dist[i, j], q_dist[i, j]).statistic, abs=1e-12)
+    assert out["spearman"] == pytest.approx(scipy.stats.spearmanr(dist[i, j], q_dist[i, j]).statistic, abs=1e-12)
+    assert abs(out["pearson"]) < 0.5  # unrelated embeddings: no correlation
+
+
+def test_shuffled_baseline_draws_a_fresh_permutation_for_every_shuffle():
+    """Each shuffle is a new permutation (one reused permutation would make the baseline's mean a
+    single draw, with std 0)."""
+    labels = np.arange(10)
+    seen = []
+
+    def measure(permuted):
+        seen.append(tuple(permuted))
+        return float(permuted[0])
+
+    result = P.shuffled_baseline(measure, labels, n_shuffles=20, seed=1)
+    assert len(set(seen)) == 20
+    rng = np.random.default_rng(1)
+    expected = np.array([rng.permutation(labels)[0] for _ in range(20)], dtype=float)
+    assert result["mean"] == pytest.approx(expected.mean())
+    assert result["std"] == pytest.approx(expected.std()) and result["std"] > 0
+    assert result["max"] == expected.max()
+
+
+def test_posterior_explorer_state_is_deterministic_for_a_model_left_in_training_mode():
+    """posterior_explorer_state puts the model in eval mode: otherwise E-Net's dropout (p = 0.5)
+    and batch statistics would make q random."""
+    torch.manual_seed(0)
+    model = BlindSR(ENet(3), MixtureOfExperts(3, 2, channels=8, n_blocks=1))
+    reference = copy.deepcopy(model).eval()
+    hr = np.random.default_rng(0).uniform(0.2, 0.8, (72, 80))
+    expected = P.posterior_explorer_state(reference, hr, 0.75, 3.0, math.pi / 4)
+    for _ in range(2):
+        model.train()
+        state = P.posterior_explorer_state(model, hr, 0.75, 3.0, math.pi / 4)
+        np.testing.assert_allclose(state["q"], expected["q"], atol=1e-6)
+        np.testing.assert_allclose(state["fused"], expected["fused"], atol=1e-5)

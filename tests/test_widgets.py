@@ -160,3 +160,20 @@ def test_the_sliders_limits_are_shown_as_asked():
                   {"lambda1": 0.25, "lambda2": 5.0, "theta": 0.0, "noise_sigma": 0.0}):
         explorer = kernel_explorer(hr, draw=False, **start)
         assert {name: explorer.controls[name].value for name in start} == pytest.approx(start)
+
+
+def test_kernel_explorer_keeps_its_kernel_size_and_seed_when_a_slider_moves():
+    """The explorer keeps kernel_size and seed when a slider moves (lost, it would fall back to
+    11 x 11 and seed 0 without a word)."""
+    pytest.importorskip("ipywidgets")
+    from tutorial_lib.widgets import kernel_explorer, kernel_explorer_state
+
+    hr = np.random.default_rng(0).uniform(0.2, 0.8, (64, 64))
+    explorer = kernel_explorer(hr, kernel_size=21, noise_sigma=0.01, seed=5, draw=False)
+    expected = kernel_explorer_state(hr, 0.75, 3.0, math.pi / 4, 2, 0.01, kernel_size=21, seed=5)
+    assert explorer.state["kernel"].shape == (21, 21)
+    np.testing.assert_array_equal(explorer.state["lr"], expected["lr"])
+    explorer.controls["lambda2"].value = 1.5  # fires the callback, as a slider release does
+    expected = kernel_explorer_state(hr, 0.75, 1.5, math.pi / 4, 2, 0.01, kernel_size=21, seed=5)
+    assert explorer.state["kernel"].shape == (21, 21)
+    np.testing.assert_array_equal(explorer.state["lr"], expected["lr"])
