@@ -160,6 +160,24 @@ def test_metadata_json_cannot_hold_is_refused_and_the_old_checkpoint_stays(tmp_p
     assert _same_weights(load_checkpoint(path)[0], model)
 
 
+def test_a_failed_move_leaves_the_old_checkpoint_and_no_temporary_files(tmp_path, monkeypatch):
+    model = _models()["single"]
+    path = tmp_path / "single.pt"
+    save_checkpoint(model, path, metadata={"steps": 1})
+    before = path.read_bytes(), sidecar_path(path).read_text()
+
+    def full_disk(tmp, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "_publish", full_disk)  # both temporary files are written by then
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(Expert(3, **SMALL), path, metadata={"steps": 2})
+    with pytest.raises(OSError, match="No space"):
+        checkpoints.rewrite_sidecar(path, lambda side: side.update(note="edited"))
+    assert (path.read_bytes(), sidecar_path(path).read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["single.json", "single.pt"]
+
+
 def test_non_finite_numbers_are_stored_as_null(tmp_path):
     path = tmp_path / "single.pt"
     metrics = {"psnr": np.float64(np.inf), "per_image": np.array([np.nan, 30.5]), "t": torch.tensor([np.inf])}
