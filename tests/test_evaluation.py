@@ -96,6 +96,50 @@ def test_the_ssim_variant_is_passed_to_every_pair():
     np.testing.assert_array_equal(result.per_pair_psnr, skimage_result.per_pair_psnr)
 
 
+def test_per_image_psnr_is_each_images_own_average_over_kernels():
+    images = {name: img[100:148, 100:148] for name, img in bundled_images("test").items()}
+    together = evaluate(images, 2, "unseen")
+    assert list(together.per_image_psnr) == list(images)
+    for name, image in images.items():
+        assert together.per_image_psnr[name] == pytest.approx(evaluate({name: image}, 2, "unseen").psnr, abs=1e-9)
+
+
+def test_model_method_runs_a_model_left_in_training_mode_in_eval_mode():
+    """Evaluation uses eval mode whatever mode the model was left in (no dropout, running BN statistics)."""
+    from tutorial_lib.degradations import bicubic_upsample
+    from tutorial_lib.evaluation import model_method
+    from tutorial_lib.models import BlindSR, ENet, MixtureOfExperts
+
+    torch.manual_seed(0)
+    model = BlindSR(ENet(2), MixtureOfExperts(2, 2, channels=8, n_blocks=1)).eval()
+    lr = torch.rand(2, 1, 24, 24)
+    with torch.no_grad():
+        expected = model(lr, bicubic_upsample(lr, 2))["fused"].double()
+    model.train()
+    method = model_method(model, 2)
+    first, second = method(lr), method(lr)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_evaluate_uses_the_ssim_variant_asked_for(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    image = bundled_images("test")["camera"][100:148, 100:148]
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / "camera.png")
+    results = {}
+    for variant in ("skimage", "matlab"):
+        assert cli.main(["evaluate", "--images", str(folder), "--scale", "2", "--kernels", "unseen",
+                         "--ssim", variant, "--json"]) == 0
+        results[variant] = json.loads(capsys.readouterr().out)
+    assert results["matlab"]["ssim_variant"] == "matlab" and results["skimage"]["ssim_variant"] == "skimage"
+    expected = evaluate({"camera": image}, 2, "unseen", ssim_variant="matlab").ssim
+    assert results["matlab"]["ssim"] == pytest.approx(expected, abs=1e-4)
+    assert results["matlab"]["ssim"] != results["skimage"]["ssim"]
+
+
 def test_a_perfect_method_scores_infinite_psnr_and_unit_ssim():
     hr = bundled_images("test")["camera"][:64, :64]
 

@@ -214,6 +214,41 @@ def test_mixture_fresh_init_is_bounded():
     assert not torch.allclose(r[:, 0], r[:, 1])
 
 
+def test_expert_residual_is_the_documented_computation():
+    """head = conv_in(L - 0.5); x = head + relu(head); each block x = relu(x) + conv(relu(x));
+    x = x + tail(x); R = conv_out(deconv(x + head)): the formulas of _residual_forward's docstring,
+    written out here (the batched mixture shares that code, so comparing the two cannot see them)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = Expert(2, channels=8, n_blocks=2).eval()
+    lr = torch.rand(1, 1, 10, 10)
+    with torch.no_grad():
+        head = net.head(lr - net.input_offset)
+        x = head + F.relu(head)
+        for conv in net.body:
+            r = F.relu(x)
+            x = r + conv(r)
+        x = x + net.tail(x)
+        expected = net.reconstruct(net.upsample(x + head))
+        torch.testing.assert_close(net.residual(lr), expected)
+
+
+def test_enet_scores_are_a_linear_map_of_dropped_out_average_pooled_features():
+    """E-Net: features -> global *average* pooling -> dropout on the pooled features -> fc, in both modes."""
+    torch.manual_seed(0)
+    enet = ENet(4)
+    lr = torch.rand(4, 1, 24, 24)
+    with torch.no_grad():
+        for mode in (False, True):
+            enet.train(mode)
+            torch.manual_seed(1)
+            scores = enet(lr)
+            torch.manual_seed(1)
+            pooled = enet.features(lr - enet.input_offset).mean(dim=(2, 3))
+            torch.testing.assert_close(scores, enet.fc(enet.dropout(pooled)))
+
+
 def test_fused_is_q_weighted_sum_of_experts():
     torch.manual_seed(0)
     mixture = MixtureOfExperts(3, 2, **SMALL)

@@ -352,6 +352,36 @@ def test_joint_training_weighs_the_kl_by_lambda(tiny_images, lam):
                                rtol=1e-5)
 
 
+def test_a_resumed_mixture_continues_from_its_saved_optimiser_state(tmp_path, tiny_images):
+    """Resuming a mixture loads the .opt.pt beside it: Adam's step count goes on from the saved one."""
+    from tutorial_lib.checkpoints import optimizer_state_path
+
+    budget = with_overrides("smoke", pretrain_steps=3, joint_steps=3)
+    model, history = train_mixture(tiny_images, SCALE, budget, variant="average", progress=False)
+    path = training.save_trained(model, tmp_path / "x2_average.pt", "mixture", history, budget, seed=0)
+    assert optimizer_state_path(path).is_file()
+    _, again = train_mixture(tiny_images, SCALE, with_overrides(budget, mixture_lr=0.0), variant="average",
+                             progress=False, resume_from=path)
+    steps = {float(s["step"]) for s in again.optimizer_state["states"][0]["state"].values()}
+    assert steps == {6.0}
+
+
+@pytest.mark.parametrize("variant", ["elbo", "hard"])
+def test_enet_runs_in_eval_mode_whenever_it_only_provides_fixed_weights(tiny_images, variant):
+    """The frozen KL prior (elbo) and the fixed E-Net of the experts' stage (hard selection) run
+    without gradients, and then in eval mode (no dropout, BatchNorm's running statistics)."""
+    budget = with_overrides("smoke", pretrain_steps=3, joint_steps=4, hard_stage_steps=2)
+    encoder, _ = pretrain_encoder(tiny_images, SCALE, budget, progress=False)
+    calls: list[tuple[bool, bool]] = []
+    encoder.enet.register_forward_hook(  # deep copies of the encoder keep the hook
+        lambda module, inputs, output: calls.append((module.training, torch.is_grad_enabled())))
+    train_mixture(tiny_images, SCALE, budget, encoder=encoder, variant=variant, progress=False)
+    fixed = [training_mode for training_mode, grad in calls if not grad]
+    assert fixed, "E-Net was never run without gradients"
+    assert not any(fixed)
+    assert any(training_mode for training_mode, grad in calls if grad)  # the E-Net that learns: train mode
+
+
 def test_progress_bar_counts_seconds_under_a_time_budget_and_steps_otherwise(tiny_images, capsys):
     timed = with_overrides(QUICK, clock="time", joint_steps=100_000, joint_seconds=0.5)
     train_single(tiny_images, SCALE, timed, progress=True, log_every=1)
@@ -522,7 +552,7 @@ def test_recalibrate_batchnorm_sets_whole_image_statistics(encoder, test_images)
     before = model.enet.features[1].running_mean.clone()
     training.recalibrate_batchnorm(model, test_images, SCALE)
     after = model.enet.features[1].running_mean
-    assert not torch.equal(before, after) and not model.training
+    assert not torch.equal(before, after) and not any(m.training for m in model.modules())  # eval, as documented
     assert model.enet.features[1].momentum == encoder[0].enet.features[1].momentum
     # the first BatchNorm's running mean is now the average, over the whole-image batches (one image x
     # every seen kernel each), of the mean response of the conv before it
