@@ -382,6 +382,25 @@ def test_enet_runs_in_eval_mode_whenever_it_only_provides_fixed_weights(tiny_ima
     assert any(training_mode for training_mode, grad in calls if grad)  # the E-Net that learns: train mode
 
 
+def test_joint_training_draws_the_budgets_batch_and_patch_size(tiny_images, encoder, monkeypatch):
+    """The joint stages use ``batch_size`` and ``lr_patch`` (not the pre-training batch or patch)."""
+    from tutorial_lib.degradations import PatchSampler
+
+    drawn = []
+    original = PatchSampler.sample
+
+    def spy(self, batch_size, *args, **kwargs):
+        batch = original(self, batch_size, *args, **kwargs)
+        drawn.append((batch_size, tuple(batch["lr"].shape[-2:])))
+        return batch
+
+    monkeypatch.setattr(PatchSampler, "sample", spy)
+    budget = with_overrides(QUICK, joint_steps=2, batch_size=5, pretrain_batch=7, lr_patch=10, enet_patch=16)
+    train_mixture(tiny_images, SCALE, budget, encoder=encoder[0], progress=False)
+    train_single(tiny_images, SCALE, budget, progress=False)
+    assert drawn == [(5, (10, 10))] * 4
+
+
 def test_progress_bar_counts_seconds_under_a_time_budget_and_steps_otherwise(tiny_images, capsys):
     timed = with_overrides(QUICK, clock="time", joint_steps=100_000, joint_seconds=0.5)
     train_single(tiny_images, SCALE, timed, progress=True, log_every=1)
