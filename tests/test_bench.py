@@ -64,9 +64,10 @@ def test_cli_bench_sweeps_batch_sizes(capsys):
     from tutorial_lib import cli
 
     assert cli.main(["bench", "--json", "--device", "cpu", "--seconds", "0.05", "--channels", "4",
-                     "--batch-size", "2", "3"]) == 0
+                     "--n-blocks", "2", "--batch-size", "2", "3"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["batch_size"] for r in results] == [2, 3]
+    assert all((r["channels"], r["n_blocks"]) == (4, 2) for r in results)
     assert all(r["batched_patches_per_s"] > 0 and r["loop_patches_per_s"] > 0 for r in results)
 
 

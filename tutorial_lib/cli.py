@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """``bench``: :func:`tutorial_lib.bench.run_benchmark` for one or several batch sizes."""
     from .bench import format_report, run_benchmark
-    results = [run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels,
+    results = [run_benchmark(device=args.device, seconds=args.seconds, channels=args.channels, n_blocks=args.n_blocks,
                              batch_size=batch_size, compile=args.compile, cuda_graph=args.cuda_graph,
                              layout=args.layout, compile_mode=args.compile_mode, profile_steps=args.profile)
                for batch_size in (args.batch_size or [None])]
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default=None)
     be.add_argument("--seconds", type=float, default=None, help="time per measurement")
     be.add_argument("--channels", type=int, default=64, help="expert width (64 = paper)")
+    be.add_argument("--n-blocks", type=int, default=7, help="residual blocks per expert (7 = paper)")
     be.add_argument("--batch-size", type=int, nargs="+", default=None,
                     help="patches per step, one or several (default 16 on a CPU, 256 on a GPU)")
     be.add_argument("--compile", action="store_true", help="also time the torch.compile'd mixture (CUDA)")
