@@ -35,6 +35,7 @@ from tutorial_lib.models import (
 torch.set_num_threads(2)
 
 SMALL = {"channels": 8, "n_blocks": 2}
+MIB = 1 << 20
 
 
 def _mixture(scale: int = 2, enet: bool = True, mode: str = "fused") -> BlindSR:
@@ -49,6 +50,13 @@ def _models() -> dict[str, torch.nn.Module]:
         "single": Expert(3, **SMALL),
         "encoder": EncoderWithClassifier(ENet(4), KernelClassifier(4, 29)),
     }
+
+
+def _edit_sidecar(path, edit) -> None:
+    """Apply ``edit`` (changes the dict in place) to the sidecar of ``path``, as a user's editor would."""
+    side = json.loads(sidecar_path(path).read_text())
+    edit(side)
+    sidecar_path(path).write_text(json.dumps(side))
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -201,11 +209,14 @@ def test_non_finite_numbers_are_stored_as_null(tmp_path):
 def test_malformed_sidecar_fields_are_reported(tmp_path, edit, message):
     path = tmp_path / "x2_single.pt"
     save_checkpoint(Expert(2, **SMALL), path)
-    side = json.loads(sidecar_path(path).read_text())
-    if isinstance(edit.get("architecture"), dict):  # one field of the architecture changed
-        edit = {"architecture": {**side["architecture"], **edit["architecture"]}}
-    side.update(edit)
-    sidecar_path(path).write_text(json.dumps(side))
+
+    def apply(side: dict) -> None:
+        if isinstance(edit.get("architecture"), dict):  # one field of the architecture changed
+            side["architecture"].update(edit["architecture"])
+        else:
+            side.update(edit)
+
+    _edit_sidecar(path, apply)
     with pytest.raises(CheckpointError, match="malformed: " + message):
         load_checkpoint(path, scale=2)
 
@@ -240,9 +251,7 @@ def test_corrupt_file_with_a_matching_sidecar_is_reported(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(_models()["single"], path)
     path.write_bytes(b"not a torch file at all")
-    side = json.loads(sidecar_path(path).read_text())
-    side.update(sha256=file_sha256(path), bytes=path.stat().st_size)
-    sidecar_path(path).write_text(json.dumps(side))
+    _edit_sidecar(path, lambda side: side.update(sha256=file_sha256(path), bytes=path.stat().st_size))
     with pytest.raises(CheckpointError, match="could not be read"):
         load_checkpoint(path)
 
@@ -280,9 +289,7 @@ def test_kind_and_scale_mismatch_are_reported(tmp_path):
 def test_weights_that_do_not_fit_are_reported(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(Expert(2, **SMALL), path)
-    side = json.loads(sidecar_path(path).read_text())
-    side["architecture"]["channels"] = 16  # the sidecar now describes another network
-    sidecar_path(path).write_text(json.dumps(side))
+    _edit_sidecar(path, lambda side: side["architecture"].update(channels=16))  # now another network
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(path)
 
@@ -414,15 +421,6 @@ def test_sidecars_record_the_images_a_run_used(tmp_path, tiny_images):
     for kind, path in result["paths"].items():
         record = json.loads(sidecar_path(path).read_text())["training_data"]
         assert record["images"] == ["coffee"] and record["images_too_small"] == ["crumb"], kind
-
-
-MIB = 1 << 20
-
-
-def _edit_sidecar(path, edit) -> None:
-    side = json.loads(sidecar_path(path).read_text())
-    edit(side)
-    sidecar_path(path).write_text(json.dumps(side))
 
 
 def test_file_sha256_hashes_the_whole_file(tmp_path):
