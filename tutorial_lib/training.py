@@ -699,7 +699,7 @@ def _sampler(images: list[np.ndarray], names: list[str], kernels: np.ndarray, sc
         raise ValueError(f"no training image is at least {side}x{side} pixels (one HR patch at "
                          f"x{scale} with {lr_patch}x{lr_patch} LR patches)")
     if len(keep) < len(images):
-        left_out = [names[i] for i in range(len(images)) if i not in set(keep)]
+        left_out = [name for name, img in zip(names, images) if min(img.shape[:2]) < side]
         warnings.warn(f"{len(left_out)} of {len(images)} training images are smaller than one HR patch "
                       f"({side}x{side}) and are not used: {', '.join(left_out[:5])}"
                       f"{', ...' if len(left_out) > 5 else ''}", stacklevel=3)
@@ -711,7 +711,8 @@ def _data_record(names: list[str], used: list[str], kernel_name: str, kernel_arr
     """What a stage trained on: the images used (and those too small to hold one patch)."""
     record: dict[str, Any] = {"training_images": used, "kernels": kernel_name, "n_kernels": len(kernel_array)}
     if len(used) < len(names):
-        record["images_too_small"] = [n for n in names if n not in set(used)]
+        kept = set(used)
+        record["images_too_small"] = [n for n in names if n not in kept]
     return record
 
 

@@ -165,6 +165,15 @@ _KERNEL_SLIDERS = {"lambda1": (0.25, 5.0), "lambda2": (0.25, 5.0), "theta": (0.0
 _POSTERIOR_SLIDERS = {"lambda1": (0.25, 6.0), "lambda2": (0.25, 6.0), "theta": (0.0, math.pi)}
 
 
+def _range_slider(ranges: dict[str, tuple[float, float]], name: str, value: float, **kwargs: Any) -> Any:
+    """An ipywidgets ``FloatSlider`` for ``name`` spanning its range in ``ranges`` (the table
+    the starting values are checked against)."""
+    import ipywidgets as widgets
+
+    low, high = ranges[name]
+    return widgets.FloatSlider(value=value, min=low, max=high, **kwargs)
+
+
 def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
                     theta: float = math.pi / 4, scale: int = 2, noise_sigma: float = 0.0,
                     kernel_size: int = 11, seed: int = 0, draw: bool = True) -> KernelExplorer:
@@ -185,18 +194,17 @@ def kernel_explorer(hr: np.ndarray, lambda1: float = 0.75, lambda2: float = 3.0,
     layout = widgets.Layout(width="420px")
     common = {"continuous_update": False, "style": style, "layout": layout}
     controls = {
-        "lambda1": widgets.FloatSlider(value=lambda1, min=_KERNEL_SLIDERS["lambda1"][0], max=_KERNEL_SLIDERS["lambda1"][1], step=0.25,
-                                       description="λ1 (variance, px²)", **common),
-        "lambda2": widgets.FloatSlider(value=lambda2, min=_KERNEL_SLIDERS["lambda2"][0], max=_KERNEL_SLIDERS["lambda2"][1], step=0.25,
-                                       description="λ2 (variance, px²)", **common),
-        "theta": widgets.FloatSlider(value=theta, min=_KERNEL_SLIDERS["theta"][0], max=_KERNEL_SLIDERS["theta"][1], step=math.pi / 16,
-                                     readout_format=".3f", description="θ (rad)", **common),
+        "lambda1": _range_slider(_KERNEL_SLIDERS, "lambda1", lambda1, step=0.25,
+                                 description="λ1 (variance, px²)", **common),
+        "lambda2": _range_slider(_KERNEL_SLIDERS, "lambda2", lambda2, step=0.25,
+                                 description="λ2 (variance, px²)", **common),
+        "theta": _range_slider(_KERNEL_SLIDERS, "theta", theta, step=math.pi / 16,
+                               readout_format=".3f", description="θ (rad)", **common),
         "scale": widgets.Dropdown(options=list(SCALES), value=int(scale), description="scale u",
                                   style=style, layout=layout),
-        "noise_sigma": widgets.FloatSlider(value=noise_sigma, min=_KERNEL_SLIDERS["noise_sigma"][0],
-                                           max=_KERNEL_SLIDERS["noise_sigma"][1], step=0.0025,
-                                           readout_format=".4f",
-                                           description="noise σ ([0, 1] units)", **common),
+        "noise_sigma": _range_slider(_KERNEL_SLIDERS, "noise_sigma", noise_sigma, step=0.0025,
+                                     readout_format=".4f",
+                                     description="noise σ ([0, 1] units)", **common),
     }
     output = widgets.Output()
     summary = widgets.HTML()
@@ -282,12 +290,12 @@ def posterior_explorer(model: Any, images: dict[str, np.ndarray], image: str | N
     controls = {
         "image": widgets.Dropdown(options=list(images), value=image, description="image",
                                   style=style, layout=layout),
-        "lambda1": widgets.FloatSlider(value=lambda1, min=_POSTERIOR_SLIDERS["lambda1"][0], max=_POSTERIOR_SLIDERS["lambda1"][1], step=0.25,
-                                       description="λ1 (variance, px²)", **common),
-        "lambda2": widgets.FloatSlider(value=lambda2, min=_POSTERIOR_SLIDERS["lambda2"][0], max=_POSTERIOR_SLIDERS["lambda2"][1], step=0.25,
-                                       description="λ2 (variance, px²)", **common),
-        "theta": widgets.FloatSlider(value=theta, min=_POSTERIOR_SLIDERS["theta"][0], max=_POSTERIOR_SLIDERS["theta"][1], step=math.pi / 8,
-                                     readout_format=".3f", description="θ (rad)", **common),
+        "lambda1": _range_slider(_POSTERIOR_SLIDERS, "lambda1", lambda1, step=0.25,
+                                 description="λ1 (variance, px²)", **common),
+        "lambda2": _range_slider(_POSTERIOR_SLIDERS, "lambda2", lambda2, step=0.25,
+                                 description="λ2 (variance, px²)", **common),
+        "theta": _range_slider(_POSTERIOR_SLIDERS, "theta", theta, step=math.pi / 8,
+                               readout_format=".3f", description="θ (rad)", **common),
     }
     output = widgets.Output()
     summary = widgets.HTML()
